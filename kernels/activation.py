@@ -1,0 +1,23 @@
+"""ReLU kernels on flat (1-D, contiguous) views of any tensor."""
+
+from __future__ import annotations
+
+from numba import prange
+
+__all__ = ["relu_forward", "relu_backward"]
+
+
+def relu_forward(x, out):
+    zero = x.dtype.type(0)
+    # PARALLEL: element-wise; element i is read and written by iteration i only.
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v if v > zero else zero
+
+
+def relu_backward(x, dout, dx):
+    """dx = dout where the forward input was > 0, else 0 (the gradient at 0 is 0)."""
+    zero = x.dtype.type(0)
+    # PARALLEL: element-wise, as in the forward pass.
+    for i in prange(x.size):
+        dx[i] = dout[i] if x[i] > zero else zero

@@ -1,0 +1,335 @@
+"""Layers: Conv2D, MaxPool2D, Dense, ReLU, Flatten.
+
+A layer owns its parameters and their gradients (``Parameter.value`` and
+``Parameter.grad``, float32 by default, float64 for gradient checks), caches
+what its backward pass needs, and does no arithmetic itself: it checks its
+input and calls the kernels of its backend (``"serial"`` or ``"parallel"``).
+
+Tensors are NCHW: (batch, channels, height, width). ``backward(dout)``
+overwrites (does not accumulate) the parameter gradients and returns the
+gradient with respect to the layer's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from scratchcnn.checks import check_array, check_float_dtype
+from scratchcnn.kernels import get_backend
+
+
+@dataclass
+class Parameter:
+    """A trainable array and its gradient (same shape and dtype)."""
+
+    name: str
+    value: np.ndarray
+    grad: np.ndarray
+
+
+def glorot_uniform(
+    shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator, dtype: np.dtype
+) -> np.ndarray:
+    """Keras's default kernel initializer: U(-l, l), l = sqrt(6 / (fan_in + fan_out))."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(dtype)
+
+
+def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
+    a, b = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+    if int(a) < 1 or int(b) < 1:
+        raise ValueError(f"{what} must be >= 1, got {v}")
+    return int(a), int(b)
+
+
+class Layer:
+    """Base class. Subclasses implement ``forward``, ``backward``, ``output_shape``."""
+
+    #: Default name stem; Sequential numbers unnamed layers (conv2d_1, ...).
+    kind = "layer"
+
+    def __init__(self, *, backend: str = "parallel", dtype: object = np.float32,
+                 name: str | None = None) -> None:
+        self.name = name or self.kind
+        self.auto_named = name is None
+        self.dtype = check_float_dtype(dtype)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        """Name of the kernel backend this layer calls."""
+        return self._backend_name
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._k: SimpleNamespace = get_backend(name)
+        self._backend_name = name
+
+    def params(self) -> list[Parameter]:
+        """The layer's trainable parameters (empty for parameter-free layers)."""
+        return []
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample output shape for a per-sample input shape (no batch axis)."""
+        raise NotImplementedError
+
+    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def _check_dout(self, dout: np.ndarray) -> np.ndarray:
+        shape = getattr(self, "_out_shape", None)
+        if shape is None:
+            raise RuntimeError(f"{self.name}: backward() called before forward()")
+        return check_array(f"{self.name} (backward)", dout, shape, self.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class Conv2D(Layer):
+    """2-D convolution with bias: (N, C, H, W) -> (N, F, OH, OW).
+
+    ``padding``: an int, a pair (ph, pw), ``"valid"`` (0) or ``"same"`` (odd
+    kernels only: (k - 1) // 2 on each side, which keeps H, W at stride 1 and
+    gives ceil(H / stride) at larger strides).
+    """
+
+    kind = "conv2d"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] | str = 0, *,
+                 rng: np.random.Generator | None = None, **kw) -> None:
+        super().__init__(**kw)
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"{self.name}: channel counts must be >= 1, got "
+                             f"in_channels={in_channels}, out_channels={out_channels}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _pair(kernel_size, f"{self.name}: kernel_size")
+        self.stride = _pair(stride, f"{self.name}: stride")
+        self.padding = self._resolve_padding(padding)
+        kh, kw_ = self.kernel_size
+        rng = rng if rng is not None else np.random.default_rng()
+        fan_in, fan_out = in_channels * kh * kw_, out_channels * kh * kw_
+        shape = (out_channels, in_channels, kh, kw_)
+        self.weight = Parameter("weight", glorot_uniform(shape, fan_in, fan_out, rng, self.dtype),
+                                np.zeros(shape, self.dtype))
+        self.bias = Parameter("bias", np.zeros(out_channels, self.dtype),
+                              np.zeros(out_channels, self.dtype))
+        self._ws_key: tuple | None = None
+
+    def _resolve_padding(self, padding: int | tuple[int, int] | str) -> tuple[int, int]:
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            kh, kw = self.kernel_size
+            if kh % 2 == 0 or kw % 2 == 0:
+                raise ValueError(f"{self.name}: padding='same' needs an odd kernel, "
+                                 f"got {self.kernel_size}")
+            return ((kh - 1) // 2, (kw - 1) // 2)
+        if isinstance(padding, str):
+            raise ValueError(f"{self.name}: padding must be an int, a pair, 'valid' or 'same', "
+                             f"got {padding!r}")
+        ph, pw = (padding, padding) if isinstance(padding, (int, np.integer)) else padding
+        if ph < 0 or pw < 0:
+            raise ValueError(f"{self.name}: padding must be >= 0, got {padding}")
+        return int(ph), int(pw)
+
+    def params(self) -> list[Parameter]:
+        return [self.weight, self.bias]
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        _, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (self.out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+    def _workspaces(self, n: int, h: int, w: int) -> None:
+        """(Re)allocate the im2col workspaces when the input shape changes."""
+        if self._ws_key == (n, h, w):
+            return
+        f, oh, ow = self.output_shape((self.in_channels, h, w))
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._cols = np.empty((n, k, oh * ow), self.dtype)
+        self._dcols: np.ndarray | None = None  # allocated on first backward that needs it
+        self._dw_partial = np.empty((n, f, k), self.dtype)
+        self._ws_key = (n, h, w)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_array(self.name, x, ("N", self.in_channels, "H", "W"), self.dtype)
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(f"{self.name}: input {x.shape} is smaller than the "
+                             f"{kh}x{kw} kernel (with padding {self.padding})")
+        self._workspaces(n, h, w)
+        self._out_shape = (n, *self.output_shape((self.in_channels, h, w)))
+        self._in_shape = x.shape
+        out = np.empty(self._out_shape, self.dtype)
+        self._k.conv2d_forward(x, self.weight.value, self.bias.value, sh, sw, ph, pw,
+                               self._cols, out)
+        return out
+
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dout = self._check_dout(dout)
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        self._k.conv2d_backward_weight(dout, self._cols, self._dw_partial,
+                                       self.weight.grad, self.bias.grad)
+        if not need_input_grad:
+            return None
+        if self._dcols is None:
+            self._dcols = np.empty_like(self._cols)
+        dx = np.empty(self._in_shape, self.dtype)
+        self._k.conv2d_backward_input(dout, self.weight.value, sh, sw, ph, pw, self._dcols, dx)
+        return dx
+
+    def __repr__(self) -> str:
+        return (f"Conv2D({self.in_channels}->{self.out_channels}, kernel={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, name={self.name!r})")
+
+
+class MaxPool2D(Layer):
+    """Max pooling, no padding: (N, C, H, W) -> (N, C, (H-KH)//sh+1, (W-KW)//sw+1).
+
+    Stride defaults to the window. Tied maxima: the first in row-major window
+    order takes the whole gradient (see ``scratchcnn/kernels/pool.py``).
+    """
+
+    kind = "maxpool2d"
+
+    def __init__(self, pool_size: int | tuple[int, int] = 2,
+                 stride: int | tuple[int, int] | None = None, **kw) -> None:
+        super().__init__(**kw)
+        self.pool_size = _pair(pool_size, f"{self.name}: pool_size")
+        self.stride = self.pool_size if stride is None else _pair(stride, f"{self.name}: stride")
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        c, h, w = input_shape
+        (kh, kw), (sh, sw) = self.pool_size, self.stride
+        return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_array(self.name, x, ("N", "C", "H", "W"), self.dtype)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw) = self.pool_size, self.stride
+        if h < kh or w < kw:
+            raise ValueError(f"{self.name}: input {x.shape} is smaller than the "
+                             f"{kh}x{kw} pooling window")
+        self._out_shape = (n, *self.output_shape((c, h, w)))
+        self._in_shape = x.shape
+        out = np.empty(self._out_shape, self.dtype)
+        self._argmax = np.empty(self._out_shape, np.int64)
+        self._k.maxpool2d_forward(x, kh, kw, sh, sw, out, self._argmax)
+        return out
+
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dout = self._check_dout(dout)
+        if not need_input_grad:
+            return None
+        dx = np.empty(self._in_shape, self.dtype)
+        self._k.maxpool2d_backward(dout, self._argmax, dx)
+        return dx
+
+
+class ReLU(Layer):
+    """max(x, 0), element-wise, any shape. The gradient at exactly 0 is 0."""
+
+    kind = "relu"
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if isinstance(x, np.ndarray) and x.ndim >= 1:
+            spec = ("N",) + tuple(f"d{i}" for i in range(1, x.ndim))
+        else:
+            spec = ("N", "...")
+        x = check_array(self.name, x, spec, self.dtype)
+        self._x = x
+        self._out_shape = x.shape
+        out = np.empty_like(x)
+        self._k.relu_forward(x.reshape(-1), out.reshape(-1))
+        return out
+
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dout = self._check_dout(dout)
+        if not need_input_grad:
+            return None
+        dx = np.empty_like(dout)
+        self._k.relu_backward(self._x.reshape(-1), dout.reshape(-1), dx.reshape(-1))
+        return dx
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), channel-major (NCHW order). A view, no copy."""
+
+    kind = "flatten"
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if isinstance(x, np.ndarray) and x.ndim >= 2:
+            spec = ("N",) + tuple(f"d{i}" for i in range(1, x.ndim))
+        else:
+            spec = ("N", "...")
+        x = check_array(self.name, x, spec, self.dtype)
+        self._in_shape = x.shape
+        self._out_shape = (x.shape[0], int(np.prod(x.shape[1:])))
+        return x.reshape(self._out_shape)
+
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dout = self._check_dout(dout)
+        return dout.reshape(self._in_shape) if need_input_grad else None
+
+
+class Dense(Layer):
+    """Fully connected: (N, I) -> (N, O), y = x @ W + b, W of shape (I, O) as in Keras."""
+
+    kind = "dense"
+
+    def __init__(self, in_features: int, out_features: int, *,
+                 rng: np.random.Generator | None = None, **kw) -> None:
+        super().__init__(**kw)
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"{self.name}: feature counts must be >= 1, got "
+                             f"in_features={in_features}, out_features={out_features}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        rng = rng if rng is not None else np.random.default_rng()
+        shape = (in_features, out_features)
+        self.weight = Parameter("weight",
+                                glorot_uniform(shape, in_features, out_features, rng, self.dtype),
+                                np.zeros(shape, self.dtype))
+        self.bias = Parameter("bias", np.zeros(out_features, self.dtype),
+                              np.zeros(out_features, self.dtype))
+
+    def params(self) -> list[Parameter]:
+        return [self.weight, self.bias]
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.out_features,)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_array(self.name, x, ("N", self.in_features), self.dtype)
+        self._x = x
+        self._out_shape = (x.shape[0], self.out_features)
+        out = np.empty(self._out_shape, self.dtype)
+        self._k.dense_forward(x, self.weight.value, self.bias.value, out)
+        return out
+
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dout = self._check_dout(dout)
+        self._k.dense_backward_weight(self._x, dout, self.weight.grad, self.bias.grad)
+        if not need_input_grad:
+            return None
+        dx = np.empty(self._x.shape, self.dtype)
+        self._k.dense_backward_input(dout, self.weight.value, dx)
+        return dx
+
+    def __repr__(self) -> str:
+        return f"Dense({self.in_features}->{self.out_features}, name={self.name!r})"

@@ -1,0 +1,68 @@
+"""Softmax cross-entropy on logits (the network's loss)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scratchcnn.checks import check_array, check_float_dtype
+from scratchcnn.kernels import get_backend
+
+
+class SoftmaxCrossEntropy:
+    """Mean over the batch of -log softmax(logits)[label], computed stably.
+
+    ``forward(logits, labels)`` returns the loss as a Python float and keeps the
+    gradient; ``backward()`` returns d(loss)/d(logits), shape (N, K).
+    """
+
+    name = "softmax_cross_entropy"
+
+    def __init__(self, *, backend: str = "parallel", dtype: object = np.float32) -> None:
+        self.dtype = check_float_dtype(dtype)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        return self._backend_name
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._k = get_backend(name)
+        self._backend_name = name
+
+    def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
+        logits = check_array(self.name, logits, ("N", "K"), self.dtype)
+        n, k = logits.shape
+        labels = check_labels(self.name, labels, n, k)
+        self.losses = np.empty(n, self.dtype)
+        self._dlogits = np.empty_like(logits)
+        self._k.softmax_cross_entropy(logits, labels, self.losses, self._dlogits)
+        # Summed in float64 in a fixed order: the same on every backend.
+        return float(self.losses.astype(np.float64).sum() / n)
+
+    def backward(self) -> np.ndarray:
+        if not hasattr(self, "_dlogits"):
+            raise RuntimeError(f"{self.name}: backward() called before forward()")
+        return self._dlogits
+
+
+def check_labels(layer: str, labels: object, n: int, num_classes: int) -> np.ndarray:
+    """Integer class labels of shape (n,) with values in [0, num_classes); returns int64."""
+    if not isinstance(labels, np.ndarray):
+        raise ValueError(f"{layer}: expected labels as a numpy integer array of shape ({n},), "
+                         f"got {type(labels).__name__}")
+    if labels.shape != (n,):
+        raise ValueError(f"{layer}: expected labels of shape ({n},) to match the logits, "
+                         f"got {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{layer}: expected integer labels of shape ({n},), got dtype "
+                         f"{labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{layer}: labels must lie in [0, {num_classes}), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def accuracy_count(logits: np.ndarray, labels: np.ndarray) -> int:
+    """How many rows of ``logits`` have their largest entry at ``labels``."""
+    return int((logits.argmax(axis=1) == labels).sum())

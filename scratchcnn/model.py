@@ -1,0 +1,179 @@
+"""Sequential model and the reference network of the TensorFlow CIFAR-10 tutorial."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from scratchcnn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, Parameter, ReLU
+
+
+class Sequential:
+    """Layers applied in order. ``forward`` gives logits, ``backward`` fills gradients."""
+
+    def __init__(self, layers: Iterable[Layer]) -> None:
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential: needs at least one layer")
+        seen: Counter[str] = Counter()
+        for layer in self.layers:
+            if layer.auto_named:  # unnamed: number it like Keras does
+                seen[layer.kind] += 1
+                layer.name = f"{layer.kind}_{seen[layer.kind]}"
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Sequential: layer names must be unique, got {names}")
+
+    # -- computation --------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run every layer on ``x`` (N, C, H, W); return the output (logits)."""
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dout: np.ndarray, need_input_grad: bool = False) -> np.ndarray | None:
+        """Back-propagate d(loss)/d(output); fills every ``Parameter.grad``.
+
+        Returns d(loss)/d(input) if ``need_input_grad``, else None (and the
+        first layer then skips computing it).
+        """
+        for i in range(len(self.layers) - 1, -1, -1):
+            dout = self.layers[i].backward(dout, need_input_grad=need_input_grad or i > 0)
+        return dout
+
+    # -- parameters ---------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """(``"<layer>.<param>"``, Parameter) pairs, in layer order."""
+        for layer in self.layers:
+            for p in layer.params():
+                yield f"{layer.name}.{p.name}", p
+
+    def parameters(self) -> list[Parameter]:
+        """All parameters, in layer order (the order optimizers keep state in)."""
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.value.size for p in self.parameters())
+
+    @property
+    def backend(self) -> str:
+        return self.layers[0].backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        for layer in self.layers:
+            layer.backend = name
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.layers[0].dtype
+
+    def summary(self, input_shape: tuple[int, int, int] = (3, 32, 32)) -> str:
+        """A table of layers, per-sample output shapes and parameter counts."""
+        lines = [f"{'layer':<12} {'output shape':<16} {'params':>8}"]
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+            n = sum(p.value.size for p in layer.params())
+            lines.append(f"{layer.name:<12} {str(shape):<16} {n:>8,}")
+        lines.append(f"{'total':<29} {self.num_parameters():>8,}")
+        return "\n".join(lines)
+
+    # -- persistence --------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameter arrays keyed by ``"<layer>.<param>"`` (views, not copies)."""
+        return {name: p.value for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], source: str = "state") -> None:
+        """Copy arrays into the parameters; ValueError names what is missing or wrong."""
+        for name, p in self.named_parameters():
+            if name not in state:
+                raise ValueError(f"{source}: missing parameter {name!r}; is this a checkpoint of "
+                                 f"the same network?")
+            a = np.asarray(state[name])
+            if a.shape != p.value.shape:
+                raise ValueError(f"{source}: parameter {name!r} has shape {a.shape}, the model "
+                                 f"expects {p.value.shape}")
+            p.value[...] = a
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the weights to ``path`` (.npz) atomically: a crash leaves the old file."""
+        save_npz_atomic(path, self.state_dict())
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load weights saved by ``save`` (or a training checkpoint)."""
+        self.load_state_dict(load_npz(path), source=str(path))
+
+
+def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A reader (or a crash at any moment) sees either the old complete file or the
+    new complete file, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read every array of an .npz into memory; ValueError (one line) if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, ...
+        raise ValueError(f"{path}: not a readable .npz checkpoint ({type(e).__name__}: {e}); "
+                         f"use another checkpoint or start without it") from None
+
+
+def reference_cnn(seed: int = 0, backend: str = "parallel", dtype: object = np.float32,
+                  num_classes: int = 10) -> Sequential:
+    """The CNN of the TensorFlow/Keras CIFAR-10 tutorial (122,570 parameters).
+
+    Conv 3->32 3x3, ReLU, MaxPool 2, Conv 32->64 3x3, ReLU, MaxPool 2,
+    Conv 64->64 3x3, ReLU, Flatten, Dense 1024->64, ReLU, Dense 64->10.
+    Glorot-uniform weights from ``np.random.default_rng(seed)``, zero biases.
+    """
+    rng = np.random.default_rng(seed)
+    kw = dict(backend=backend, dtype=dtype)
+    return Sequential([
+        Conv2D(3, 32, 3, rng=rng, name="conv1", **kw),
+        ReLU(name="relu1", **kw),
+        MaxPool2D(2, name="pool1", **kw),
+        Conv2D(32, 64, 3, rng=rng, name="conv2", **kw),
+        ReLU(name="relu2", **kw),
+        MaxPool2D(2, name="pool2", **kw),
+        Conv2D(64, 64, 3, rng=rng, name="conv3", **kw),
+        ReLU(name="relu3", **kw),
+        Flatten(name="flatten", **kw),
+        Dense(64 * 4 * 4, 64, rng=rng, name="dense1", **kw),
+        ReLU(name="relu4", **kw),
+        Dense(64, num_classes, rng=rng, name="dense2", **kw),
+    ])

@@ -1,0 +1,102 @@
+"""Optimizers: Adam and SGD with momentum, updating parameters in place with Numba kernels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from scratchcnn.kernels import get_backend
+from scratchcnn.layers import Parameter
+
+
+class Optimizer:
+    """Holds the parameters it updates and one state array per parameter and slot."""
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[Parameter], *, backend: str = "parallel") -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
+        self.backend = backend
+        self.t = 0  # number of steps taken
+        self.state = {s: [np.zeros_like(p.value) for p in self.params] for s in self.slots}
+
+    @property
+    def backend(self) -> str:
+        return self._backend_name
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._k = get_backend(name)
+        self._backend_name = name
+
+    def step(self) -> None:
+        """Apply one update to every parameter from its current ``grad``."""
+        self.t += 1
+        for i, p in enumerate(self.params):
+            slots = [self.state[s][i].reshape(-1) for s in self.slots]
+            self._update(p.value.reshape(-1), p.grad.reshape(-1), slots, p.value.dtype.type)
+
+    def _update(self, p, g, slots, dt) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays to checkpoint: ``t`` and every slot, keyed ``<slot>.<index>``."""
+        d = {"t": np.array(self.t, np.int64)}
+        for s in self.slots:
+            for i, a in enumerate(self.state[s]):
+                d[f"{s}.{i}"] = a
+        return d
+
+    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` saved; raises ValueError on a mismatch."""
+        for s in self.slots:
+            for i, a in enumerate(self.state[s]):
+                key = f"{s}.{i}"
+                if key not in d:
+                    raise ValueError(f"optimizer state is missing {key!r}")
+                if d[key].shape != a.shape:
+                    raise ValueError(f"optimizer state {key!r}: expected shape {a.shape}, "
+                                     f"got {d[key].shape}")
+                a[...] = d[key]
+        self.t = int(d["t"])
+
+
+class Adam(Optimizer):
+    """Adam with Keras's defaults: lr 1e-3, beta1 0.9, beta2 0.999, epsilon 1e-7."""
+
+    slots = ("m", "v")
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-7, *, backend: str = "parallel") -> None:
+        if lr <= 0 or not (0 <= beta1 < 1) or not (0 <= beta2 < 1) or eps <= 0:
+            raise ValueError(f"Adam: need lr > 0, 0 <= beta1, beta2 < 1, eps > 0; got lr={lr}, "
+                             f"beta1={beta1}, beta2={beta2}, eps={eps}")
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        super().__init__(params, backend=backend)
+
+    def _update(self, p, g, slots, dt) -> None:
+        alpha = self.lr * math.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
+        m, v = slots
+        self._k.adam_update(p, g, m, v, dt(alpha), dt(self.beta1), dt(self.beta2), dt(self.eps))
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum and L2 weight decay (added to the gradient)."""
+
+    slots = ("velocity",)
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 0.01, momentum: float = 0.0,
+                 weight_decay: float = 0.0, *, backend: str = "parallel") -> None:
+        if lr <= 0 or not (0 <= momentum < 1) or weight_decay < 0:
+            raise ValueError(f"SGD: need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got "
+                             f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        super().__init__(params, backend=backend)
+
+    def _update(self, p, g, slots, dt) -> None:
+        (vel,) = slots
+        self._k.sgd_update(p, g, vel, dt(self.lr), dt(self.momentum), dt(self.weight_decay))

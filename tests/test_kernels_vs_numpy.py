@@ -1,0 +1,192 @@
+"""Every kernel, in both builds, against the plain NumPy reference in tests/reference.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scratchcnn.kernels import parallel, serial
+
+import reference as ref
+
+BACKENDS = [serial, parallel]
+DTYPES = [np.float64, np.float32]
+TOL = {np.float64: 1e-10, np.float32: 2e-5}
+
+# (N, C, H, W, F, KH, KW, sh, sw, ph, pw)
+CONV_CASES = [
+    (1, 1, 5, 5, 1, 3, 3, 1, 1, 0, 0),  # batch 1, one channel
+    (2, 3, 7, 9, 4, 3, 3, 1, 1, 1, 1),  # non-square image, "same" padding
+    (3, 2, 8, 6, 5, 3, 3, 2, 2, 1, 1),  # stride 2 with padding
+    (2, 3, 9, 7, 2, 5, 3, 2, 1, 2, 0),  # non-square kernel, mixed stride and padding
+    (1, 4, 6, 6, 3, 1, 1, 1, 1, 0, 0),  # 1x1 kernel
+    (2, 2, 11, 5, 3, 4, 2, 3, 2, 0, 1),  # even kernel, stride 3
+]
+
+
+def _random_conv_cases(count: int, seed: int = 1234) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        kh, kw = rng.integers(1, 6, size=2)
+        sh, sw = rng.integers(1, 4, size=2)
+        ph, pw = rng.integers(0, 3, size=2)
+        h, w = rng.integers(1, 13, size=2)
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            continue
+        n, c, f = rng.integers(1, 4), rng.integers(1, 5), rng.integers(1, 6)
+        cases.append(tuple(int(v) for v in (n, c, h, w, f, kh, kw, sh, sw, ph, pw)))
+    return cases
+
+
+ALL_CONV = CONV_CASES + _random_conv_cases(6)
+
+
+def _conv_inputs(case, dtype, seed=0):
+    n, c, h, w, f, kh, kw, sh, sw, ph, pw = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, kh, kw)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    oh, ow = ref.out_size(h, kh, sh, ph), ref.out_size(w, kw, sw, pw)
+    dout = rng.standard_normal((n, f, oh, ow)).astype(dtype)
+    return x, wt, b, dout
+
+
+def _close(got, want, dtype):
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype] * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("case", ALL_CONV, ids=str)
+def test_conv2d(case, be, dtype):
+    n, c, h, w, f, kh, kw, sh, sw, ph, pw = case
+    x, wt, b, dout = _conv_inputs(case, dtype)
+    want = ref.conv2d_forward(x, wt, b, (sh, sw), (ph, pw))
+    out = np.full(want.shape, np.nan, dtype)
+    be.conv2d_forward_direct(x, wt, b, sh, sw, ph, pw, out)
+    _close(out, want, dtype)
+
+    p = want.shape[2] * want.shape[3]
+    cols = np.full((n, c * kh * kw, p), np.nan, dtype)
+    out = np.full(want.shape, np.nan, dtype)
+    be.conv2d_forward(x, wt, b, sh, sw, ph, pw, cols, out)
+    _close(out, want, dtype)
+
+    dx_want, dw_want, db_want = ref.conv2d_backward(x, wt, dout, (sh, sw), (ph, pw))
+    dx = np.full(x.shape, np.nan, dtype)
+    be.conv2d_backward_input(dout, wt, sh, sw, ph, pw, np.empty_like(cols), dx)
+    _close(dx, dx_want, dtype)
+    dw, db = np.full(wt.shape, np.nan, dtype), np.full(b.shape, np.nan, dtype)
+    be.conv2d_backward_weight(dout, cols, np.empty((n, f, c * kh * kw), dtype), dw, db)
+    _close(dw, dw_want, dtype)
+    _close(db, db_want, dtype)
+
+
+# (N, C, H, W, KH, KW, sh, sw)
+POOL_CASES = [
+    (1, 1, 4, 4, 2, 2, 2, 2),  # batch 1, one channel
+    (2, 3, 7, 5, 2, 2, 2, 2),  # odd, non-square: last row/column dropped
+    (2, 2, 9, 8, 3, 3, 2, 2),  # overlapping windows (stride < window)
+    (3, 2, 6, 9, 3, 2, 3, 1),  # non-square window and stride
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_maxpool2d(case, be, dtype):
+    n, c, h, w, kh, kw, sh, sw = case
+    rng = np.random.default_rng(1)
+    # Small integers: plenty of ties, which must go to the first maximum.
+    x = rng.integers(0, 4, size=(n, c, h, w)).astype(dtype)
+    want, where = ref.maxpool2d_forward(x, (kh, kw), (sh, sw))
+    out = np.full(want.shape, np.nan, dtype)
+    argmax = np.full(want.shape, -1, np.int64)
+    be.maxpool2d_forward(x, kh, kw, sh, sw, out, argmax)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(argmax, where)
+
+    dout = rng.standard_normal(want.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    be.maxpool2d_backward(dout, argmax, dx)
+    _close(dx, ref.maxpool2d_backward(dout, where, x.shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 3), (5, 13, 4), (4, 33, 10)], ids=str)
+def test_dense(shape, be, dtype):
+    n, i, o = shape
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    w = rng.standard_normal((i, o)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    out = np.full((n, o), np.nan, dtype)
+    be.dense_forward(x, w, b, out)
+    _close(out, ref.dense_forward(x, w, b), dtype)
+    dx_want, dw_want, db_want = ref.dense_backward(x, w, dy)
+    dx = np.full(x.shape, np.nan, dtype)
+    be.dense_backward_input(dy, w, dx)
+    _close(dx, dx_want, dtype)
+    dw, db = np.full(w.shape, np.nan, dtype), np.full(b.shape, np.nan, dtype)
+    be.dense_backward_weight(x, dy, dw, db)
+    _close(dw, dw_want, dtype)
+    _close(db, db_want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("size", [1, 7, 1000])
+def test_relu(size, be, dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(size).astype(dtype)
+    x[0] = 0.0  # the gradient at exactly 0 is 0
+    dout = rng.standard_normal(size).astype(dtype)
+    out, dx = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    be.relu_forward(x, out)
+    be.relu_backward(x, dout, dx)
+    np.testing.assert_array_equal(out, ref.relu_forward(x))
+    np.testing.assert_array_equal(dx, ref.relu_backward(x, dout))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("shape", [(1, 2), (1, 10), (7, 3), (32, 10)], ids=str)
+def test_softmax_cross_entropy(shape, be, dtype):
+    n, k = shape
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal((n, k)) * 5).astype(dtype)
+    logits[0, 0] = 80.0  # exp(80) overflows float32: needs the max shift
+    labels = rng.integers(0, k, n).astype(np.int64)
+    losses, dlogits = np.full(n, np.nan, dtype), np.full((n, k), np.nan, dtype)
+    be.softmax_cross_entropy(logits, labels, losses, dlogits)
+    want_l, want_d = ref.softmax_cross_entropy(logits, labels)
+    assert np.isfinite(losses).all()
+    _close(losses, want_l, dtype)
+    _close(dlogits, want_d, dtype)
+
+
+@pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
+def test_adam_and_sgd_updates(be):
+    dtype = np.float32
+    rng = np.random.default_rng(5)
+    p, g = rng.standard_normal(257).astype(dtype), rng.standard_normal(257).astype(dtype)
+    m, v = rng.standard_normal(257).astype(dtype), rng.random(257).astype(dtype)
+    t, lr, b1, b2, eps = 3, 1e-3, 0.9, 0.999, 1e-7
+    want = ref.adam_update(p.astype(np.float64), g, m, v, lr, b1, b2, eps, t)
+    alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    pa, ma, va = p.copy(), m.copy(), v.copy()
+    be.adam_update(pa, g, ma, va, dtype(alpha), dtype(b1), dtype(b2), dtype(eps))
+    for got, exp in zip((pa, ma, va), want):
+        np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
+
+    vel = rng.standard_normal(257).astype(dtype)
+    want_p, want_v = ref.sgd_update(p.astype(np.float64), g, vel, 0.05, 0.9, 1e-4)
+    ps, vs = p.copy(), vel.copy()
+    be.sgd_update(ps, g, vs, dtype(0.05), dtype(0.9), dtype(1e-4))
+    np.testing.assert_allclose(ps, want_p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vs, want_v, rtol=1e-5, atol=1e-6)
