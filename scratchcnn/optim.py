@@ -43,6 +43,16 @@ class Optimizer:
     def _update(self, p, g, slots, dt) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def warm_up(self) -> None:
+        """Compile the update kernel on scratch arrays; parameters and state are untouched."""
+        dt = self.params[0].value.dtype
+        scratch = [np.zeros(1, dt) for _ in range(2 + len(self.slots))]
+        t, self.t = self.t, 1
+        try:
+            self._update(scratch[0], scratch[1], scratch[2:], dt.type)
+        finally:
+            self.t = t
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays to checkpoint: ``t`` and every slot, keyed ``<slot>.<index>``."""
         d = {"t": np.array(self.t, np.int64)}

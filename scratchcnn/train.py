@@ -1,0 +1,422 @@
+"""Train the reference CNN on CIFAR-10: ``python -m scratchcnn.train --threads 8``.
+
+Numba must not be imported before ``--threads`` is known (its thread-pool size
+is fixed at import), so this module imports the numerical parts of the package
+only inside ``main``, after ``configure_threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+PROG = "python -m scratchcnn.train"
+
+#: Flags that define a run; a resumed run keeps the checkpoint's values.
+RUN_DEFAULTS: dict[str, Any] = {
+    "batch_size": 32, "optimizer": "adam", "lr": None, "momentum": 0.9, "seed": 0,
+    "augment": False, "limit_train": None, "limit_test": None,
+}
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump, no traceback)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cores = os.cpu_count() or 1
+    p = OneLineParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train the TensorFlow-tutorial CNN on CIFAR-10 with hand-written "
+                    "Numba kernels, serial or parallel. Leaves a run folder with "
+                    "config.json, metrics.jsonl, checkpoint.npz, best.npz and curves.png.")
+    p.add_argument("--threads", type=_int_at_least(1), default=cores,
+                   help="Numba threads for the parallel backend (more than the cores "
+                        "works, with a warning)")
+    p.add_argument("--backend", choices=["serial", "parallel", "cuda"], default="parallel",
+                   help="kernel build: serial (one thread), parallel (prange) or cuda")
+    p.add_argument("--epochs", type=_int_at_least(1), default=10,
+                   help="train until this many epochs are done (counting resumed ones)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help=f"images per step (default {RUN_DEFAULTS['batch_size']}, as in Keras)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
+                   help="adam (Keras defaults) or sgd with momentum (default adam)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default 0.001 for adam, 0.01 for sgd)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="momentum for sgd (default 0.9)")
+    p.add_argument("--seed", type=_int_at_least(0), default=None,
+                   help="seed of the weights, data order and augmentation (default 0)")
+    p.add_argument("--data-dir", default=os.environ.get("SCRATCHCNN_DATA", "./data"),
+                   help="folder containing cifar-10-batches-py/ (downloaded there if "
+                        "missing); default $SCRATCHCNN_DATA if set")
+    p.add_argument("--loader-threads", type=_int_at_least(0), default=2,
+                   help="threads preparing batches; 0 = in the training thread")
+    p.add_argument("--prefetch", type=_int_at_least(1), default=4,
+                   help="batches prepared ahead by the loader threads")
+    p.add_argument("--augment", action="store_true", default=None,
+                   help="random crop (4-pixel padding) and horizontal flip (default off)")
+    p.add_argument("--limit-train", type=_int_at_least(1), default=None,
+                   help="use only the first N training images (default: all 50,000)")
+    p.add_argument("--limit-test", type=_int_at_least(1), default=None,
+                   help="use only the first N test images (default: all 10,000)")
+    p.add_argument("--eval-batch-size", type=_int_at_least(1), default=250,
+                   help="images per forward pass when evaluating")
+    p.add_argument("--out", default=None,
+                   help="run folder (default: a new runs/<time>-<backend>-t<threads>/, or the "
+                        "resumed checkpoint's folder)")
+    p.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue from a checkpoint.npz (or its run folder)")
+    p.add_argument("--eval-only", metavar="PATH", default=None,
+                   help="only evaluate the weights in PATH (checkpoint or best.npz) on the "
+                        "test set")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is also off when stderr is not a terminal)")
+    return p
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line to stderr and exit: the CLI never shows a traceback for bad input."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from scratchcnn.threads import configure_threads
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configure_threads(args.threads)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.backend == "cuda":
+        fail("--backend cuda: the CUDA backend is not available in this version; "
+             "use --backend parallel")
+    try:
+        return Trainer(args).run()
+    except ValueError as e:  # bad checkpoint, bad flag combination, ...
+        fail(str(e))
+
+
+class StopRequested:
+    """First Ctrl-C: finish the batch, checkpoint, exit. Second Ctrl-C: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: finishing this batch, then writing a checkpoint "
+              "(Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """One training run: data, model, optimizer, loop, run folder."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    # -- set-up ---------------------------------------------------------------
+    def _settings(self) -> tuple[dict, Any]:
+        """Run-defining settings: the flags, else the resumed checkpoint's, else defaults."""
+        from scratchcnn.checkpoint import Progress, read_progress, resolve_checkpoint
+
+        a = self.args
+        given = {k: getattr(a, k) for k in RUN_DEFAULTS}
+        if a.resume is None:
+            settings = {k: (v if v is not None else RUN_DEFAULTS[k]) for k, v in given.items()}
+            self.resume_arrays, self.resume_path = None, None
+            progress = Progress()
+        else:
+            self.resume_path = resolve_checkpoint(a.resume)
+            self.resume_arrays, progress = read_progress(self.resume_path)
+            settings = dict(progress.config["settings"])
+            for k, v in given.items():
+                if v is not None and v != settings[k]:
+                    raise ValueError(f"--{k.replace('_', '-')} {v} differs from the resumed "
+                                     f"run's {settings[k]}; a resumed run keeps its settings")
+        if settings["lr"] is None:
+            settings["lr"] = DEFAULT_LR[settings["optimizer"]]
+        return settings, progress
+
+    def _run_dir(self) -> Path:
+        a = self.args
+        if a.out:
+            out = Path(a.out)
+        elif self.resume_path is not None:
+            out = self.resume_path.parent
+        else:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / f"{stamp}-{a.backend}-t{a.threads}"
+            n = 1
+            while out.exists():
+                n += 1
+                out = Path("runs") / f"{stamp}-{a.backend}-t{a.threads}-{n}"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    # -- the run ----------------------------------------------------------------
+    def run(self) -> int:
+        from scratchcnn.data.cifar10 import DataError, load_cifar10
+
+        a = self.args
+        try:
+            data = load_cifar10(a.data_dir, download=True)
+        except DataError as e:
+            fail(str(e))
+        if a.eval_only:
+            return self.evaluate_only(data)
+        return self.train(data)
+
+    def _model(self, seed: int):
+        from scratchcnn.losses import SoftmaxCrossEntropy
+        from scratchcnn.model import reference_cnn
+
+        return (reference_cnn(seed=seed, backend=self.args.backend),
+                SoftmaxCrossEntropy(backend=self.args.backend))
+
+    def evaluate_only(self, data) -> int:
+        from scratchcnn.checkpoint import model_weights
+
+        model, loss = self._model(0)
+        model.load_state_dict(model_weights(self.args.eval_only), source=self.args.eval_only)
+        n = self.args.limit_test or len(data.test_labels)
+        t0 = time.perf_counter()
+        test_loss, test_acc = self.evaluate(model, loss, data.test_images[:n],
+                                            data.test_labels[:n])
+        print(f"{self.args.eval_only}: test loss {test_loss:.4f}  test accuracy "
+              f"{100 * test_acc:.2f}% on {n} images ({time.perf_counter() - t0:.1f} s)")
+        return 0
+
+    def evaluate(self, model, loss, images, labels) -> tuple[float, float]:
+        """Mean loss and accuracy over a whole image set, in fixed-size batches."""
+        from scratchcnn.data.loader import BatchLoader
+        from scratchcnn.losses import accuracy_count
+
+        total_loss, correct = 0.0, 0
+        with BatchLoader(images, labels, self.args.eval_batch_size, shuffle=False,
+                         threads=self.args.loader_threads, prefetch=self.args.prefetch) as ld:
+            for x, y in ld.epoch(0):
+                logits = model.forward(x)
+                total_loss += loss.forward(logits, y) * len(y)
+                correct += accuracy_count(logits, y)
+        return total_loss / len(labels), correct / len(labels)
+
+    def train(self, data) -> int:
+        from tqdm import tqdm
+
+        from scratchcnn.checkpoint import restore, save_checkpoint
+        from scratchcnn.data.loader import BatchLoader
+        from scratchcnn.losses import accuracy_count
+        from scratchcnn.optim import SGD, Adam
+        from scratchcnn.plots import plot_curves
+        from scratchcnn.runinfo import machine, versions
+
+        a = self.args
+        settings, progress = self._settings()
+        out = self._run_dir()
+        model, loss = self._model(settings["seed"])
+        if settings["optimizer"] == "adam":
+            opt = Adam(model.parameters(), lr=settings["lr"], backend=a.backend)
+        else:
+            opt = SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
+                      backend=a.backend)
+        if self.resume_arrays is not None:
+            restore(self.resume_arrays, str(self.resume_path), model, opt)
+            if progress.epoch >= a.epochs and progress.batch == 0:
+                print(f"{self.resume_path}: already trained for {progress.epoch} epochs "
+                      f"(--epochs {a.epochs}); nothing to do")
+                return 0
+
+        n_train = min(settings["limit_train"] or len(data.train_labels), len(data.train_labels))
+        n_test = min(settings["limit_test"] or len(data.test_labels), len(data.test_labels))
+        train_x, train_y = data.train_images[:n_train], data.train_labels[:n_train]
+        test_x, test_y = data.test_images[:n_test], data.test_labels[:n_test]
+
+        t0 = time.perf_counter()
+        self._warm_up(model, loss, opt, settings["batch_size"])
+        compile_seconds = time.perf_counter() - t0
+
+        config = {
+            "command": " ".join([PROG, *sys.argv[1:]]) if argv_is_cli() else None,
+            "args": vars(a), "settings": settings, "train_images": n_train,
+            "test_images": n_test, "backend": a.backend, "threads": a.threads,
+            "loader_threads": a.loader_threads, "compile_seconds": round(compile_seconds, 3),
+            "parameters": model.num_parameters(), "versions": versions(), "machine": machine(),
+            "started": datetime.now().isoformat(timespec="seconds"),
+            "resumed_from": str(self.resume_path) if self.resume_path else None,
+        }
+        _write_json(out / "config.json", config)
+        progress.config = {"settings": settings}
+        metrics = _read_metrics(out / "metrics.jsonl", up_to=progress.epoch)
+        _write_metrics(out / "metrics.jsonl", metrics)
+        print(f"run folder: {out}  |  {n_train} train / {n_test} test images  |  backend "
+              f"{a.backend}, {a.threads if a.backend == 'parallel' else 1} thread(s), "
+              f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
+
+        stop = StopRequested()
+        loader = BatchLoader(train_x, train_y, settings["batch_size"], shuffle=True,
+                             seed=settings["seed"], augment=settings["augment"],
+                             threads=a.loader_threads, prefetch=a.prefetch)
+        try:
+            for epoch in range(progress.epoch + 1, a.epochs + 1):
+                skip = progress.batch
+                sums = progress.partial if skip else {
+                    "loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "wait": 0.0}
+                wait_before = sums["wait"]
+                bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch}/{a.epochs}",
+                           unit="batch", leave=False, dynamic_ncols=True,
+                           disable=True if a.no_progress else None)
+                t_start = time.perf_counter()
+                for b, (x, y) in enumerate(loader.epoch(epoch, start=skip), start=skip):
+                    logits = model.forward(x)
+                    batch_loss = loss.forward(logits, y)
+                    if not math.isfinite(batch_loss):
+                        bar.close()
+                        kept = (f"the last good checkpoint ({progress.epoch} epochs) is "
+                                f"{out / 'checkpoint.npz'}" if progress.epoch else
+                                "no checkpoint was written")
+                        fail(f"loss became {batch_loss} at epoch {epoch}, batch {b + 1}; "
+                             f"training stopped, {kept}; try a lower --lr")
+                    model.backward(loss.backward())
+                    opt.step()
+                    sums["loss"] += batch_loss * len(y)
+                    sums["correct"] += accuracy_count(logits, y)
+                    sums["seen"] += len(y)
+                    bar.update(1)
+                    if b % 20 == 0 or b == len(loader) - 1:
+                        el = sums["seconds"] + time.perf_counter() - t_start
+                        bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
+                                        img_s=f"{(sums['seen']) / max(el, 1e-9):.0f}",
+                                        refresh=False)
+                    if stop.requested and b + 1 < len(loader):
+                        sums["seconds"] += time.perf_counter() - t_start
+                        sums["wait"] = wait_before + loader.wait_seconds
+                        progress.batch, progress.partial = b + 1, sums
+                        save_checkpoint(out / "checkpoint.npz", model, opt, progress)
+                        bar.close()
+                        print(f"interrupted at epoch {epoch}, batch {b + 1}/{len(loader)}; "
+                              f"checkpoint written. Resume with: {PROG} --resume "
+                              f"{out / 'checkpoint.npz'} --epochs {a.epochs}", file=sys.stderr)
+                        return 130
+                sums["seconds"] += time.perf_counter() - t_start
+                sums["wait"] = wait_before + loader.wait_seconds
+                bar.close()
+
+                t_eval = time.perf_counter()
+                test_loss, test_acc = self.evaluate(model, loss, test_x, test_y)
+                row = {
+                    "epoch": epoch,
+                    "train_loss": sums["loss"] / sums["seen"],
+                    "train_acc": sums["correct"] / sums["seen"],
+                    "test_loss": test_loss, "test_acc": test_acc,
+                    "epoch_seconds": sums["seconds"],
+                    "images_per_second": sums["seen"] / sums["seconds"],
+                    "loader_wait_seconds": sums["wait"],
+                    "eval_seconds": time.perf_counter() - t_eval,
+                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "resumed_mid_epoch": bool(skip),
+                }
+                metrics.append(row)
+                progress.epoch, progress.batch, progress.partial = epoch, 0, {}
+                if test_acc > progress.best_test_acc:
+                    progress.best_test_acc = test_acc
+                    save_checkpoint(out / "best.npz", model, opt, progress)
+                save_checkpoint(out / "checkpoint.npz", model, opt, progress)
+                _write_metrics(out / "metrics.jsonl", metrics)
+                plot_curves(metrics, out / "curves.png",
+                            title=f"scratchcnn, {a.backend} backend, batch "
+                                  f"{settings['batch_size']}, {settings['optimizer']}")
+                print(f"epoch {epoch:>3}/{a.epochs}  train loss {row['train_loss']:.4f} "
+                      f"acc {100 * row['train_acc']:.2f}%  |  test loss {test_loss:.4f} "
+                      f"acc {100 * test_acc:.2f}%  |  {row['epoch_seconds']:.1f} s  "
+                      f"{row['images_per_second']:.0f} img/s  data wait "
+                      f"{row['loader_wait_seconds']:.2f} s", flush=True)
+        finally:
+            loader.close()
+            stop.restore()
+        print(f"done: best test accuracy {100 * progress.best_test_acc:.2f}%; run folder {out}")
+        return 0
+
+    def _warm_up(self, model, loss, opt, batch_size: int) -> None:
+        """Compile (or load from cache) every kernel before the clock starts."""
+        import numpy as np
+
+        from scratchcnn.data.augment import warm_up as warm_up_loader
+
+        x = np.zeros((min(batch_size, 2), 3, 32, 32), np.float32)
+        loss.forward(model.forward(x), np.zeros(len(x), np.int64))
+        model.backward(loss.backward())
+        opt.warm_up()
+        warm_up_loader()
+
+
+def argv_is_cli() -> bool:
+    return Path(sys.argv[0]).name in ("train.py", "__main__.py", "-m") or sys.argv[0] == "-m"
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: Path, up_to: int) -> list[dict]:
+    """Metrics of the epochs a resumed checkpoint already covers (later lines dropped)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= up_to]
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
