@@ -15,10 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 def save_figure(fig: plt.Figure, path: str | os.PathLike) -> None:
     """Save ``fig`` as PNG via a temporary file renamed into place, then close it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         os.replace(tmp, path)
     finally:
         plt.close(fig)

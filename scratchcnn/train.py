@@ -12,6 +12,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import signal
 import sys
 import time
@@ -118,7 +119,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command = " ".join([PROG, *map(shlex.quote, argv)])
     from scratchcnn.threads import configure_threads
 
     with warnings.catch_warnings(record=True) as caught:
@@ -196,6 +199,8 @@ class Trainer:
                 n += 1
                 out = Path("runs") / f"{stamp}-{a.backend}-t{a.threads}-{n}"
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a run killed while writing a file
+            stale.unlink()
         return out
 
     # -- the run ----------------------------------------------------------------
@@ -281,8 +286,7 @@ class Trainer:
         compile_seconds = time.perf_counter() - t0
 
         config = {
-            "command": " ".join([PROG, *sys.argv[1:]]) if argv_is_cli() else None,
-            "args": vars(a), "settings": settings, "train_images": n_train,
+            "command": a.command, "args": vars(a), "settings": settings, "train_images": n_train,
             "test_images": n_test, "backend": a.backend, "threads": a.threads,
             "loader_threads": a.loader_threads, "compile_seconds": round(compile_seconds, 3),
             "parameters": model.num_parameters(), "versions": versions(), "machine": machine(),
@@ -375,6 +379,11 @@ class Trainer:
                       f"acc {100 * test_acc:.2f}%  |  {row['epoch_seconds']:.1f} s  "
                       f"{row['images_per_second']:.0f} img/s  data wait "
                       f"{row['loader_wait_seconds']:.2f} s", flush=True)
+                if stop.requested and epoch < a.epochs:
+                    print(f"interrupted after epoch {epoch}; checkpoint written. Resume with: "
+                          f"{PROG} --resume {out / 'checkpoint.npz'} --epochs {a.epochs}",
+                          file=sys.stderr)
+                    return 130
         finally:
             loader.close()
             stop.restore()
@@ -392,10 +401,6 @@ class Trainer:
         model.backward(loss.backward())
         opt.warm_up()
         warm_up_loader()
-
-
-def argv_is_cli() -> bool:
-    return Path(sys.argv[0]).name in ("train.py", "__main__.py", "-m") or sys.argv[0] == "-m"
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -82,42 +82,44 @@ def _key(k: str, keys: str) -> str | bytes:
     return k.encode() if keys == "bytes" else k
 
 
-@pytest.fixture
-def write_fake_cifar() -> Callable[..., dict]:
-    """Factory: write a tiny CIFAR-10 in the official layout under ``root``.
+def write_fake_cifar_files(
+    root: Path, n: int = 4, keys: str = "bytes", style: str = "4", seed: int = 0
+) -> dict:
+    """Write a tiny CIFAR-10 in the official layout under ``root``.
 
-    ``write(root, n=4, keys="bytes"|"str", style="4"|"2"|"py2", seed=0)`` creates
-    ``root/cifar-10-batches-py/`` with six batches of ``n`` random images and
+    Creates ``root/cifar-10-batches-py/`` with six batches of ``n`` random images
+    (``keys`` "bytes" or "str", pickle ``style`` "4", "2" or "py2") and
     ``batches.meta``; returns ``{"folder": Path, file name: (data, labels)}``.
     """
-
-    def write(
-        root: Path, n: int = 4, keys: str = "bytes", style: str = "4", seed: int = 0
-    ) -> dict:
-        rng = np.random.default_rng(seed)
-        folder = Path(root) / "cifar-10-batches-py"
-        folder.mkdir(parents=True, exist_ok=True)
-        out: dict = {"folder": folder}
-        for name in FAKE_FILES:
-            data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-            labels = [int(v) for v in rng.integers(0, 10, size=n)]
-            batch = {
-                _key("batch_label", keys): _key(f"fake {name}", keys),
-                _key("labels", keys): labels,
-                _key("data", keys): data,
-                _key("filenames", keys): [_key(f"img_{i}.png", keys) for i in range(n)],
-            }
-            (folder / name).write_bytes(_dumps(batch, style))
-            out[name] = (data, np.array(labels, dtype=np.int64))
-        meta = {
-            _key("num_cases_per_batch", keys): n,
-            _key("label_names", keys): [_key(s, keys) for s in FAKE_LABEL_NAMES],
-            _key("num_vis", keys): 3072,
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict = {"folder": folder}
+    for name in FAKE_FILES:
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, size=n)]
+        batch = {
+            _key("batch_label", keys): _key(f"fake {name}", keys),
+            _key("labels", keys): labels,
+            _key("data", keys): data,
+            _key("filenames", keys): [_key(f"img_{i}.png", keys) for i in range(n)],
         }
-        (folder / "batches.meta").write_bytes(_dumps(meta, style))
-        return out
+        (folder / name).write_bytes(_dumps(batch, style))
+        out[name] = (data, np.array(labels, dtype=np.int64))
+    meta = {
+        _key("num_cases_per_batch", keys): n,
+        _key("label_names", keys): [_key(s, keys) for s in FAKE_LABEL_NAMES],
+        _key("num_vis", keys): 3072,
+    }
+    (folder / "batches.meta").write_bytes(_dumps(meta, style))
+    return out
 
-    return write
+
+
+@pytest.fixture
+def write_fake_cifar() -> Callable[..., dict]:
+    """The factory ``write_fake_cifar_files`` (see there)."""
+    return write_fake_cifar_files
 
 
 @pytest.fixture

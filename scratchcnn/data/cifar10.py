@@ -367,7 +367,10 @@ def load_cifar10(
             )
         from .download import download_cifar10
 
-        folder = download_cifar10(data_dir, progress=progress)
+        try:
+            folder = download_cifar10(data_dir, progress=progress)
+        except DataError as e:  # say where we looked first, then why the download failed
+            raise DataError(f"no CIFAR-10 in {data_dir / BATCH_FOLDER}, and {e}") from None
 
     label_names = read_meta(folder / META_FILE)
     train_images, train_labels = _stack([read_batch(folder / f) for f in TRAIN_FILES])

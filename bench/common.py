@@ -1,0 +1,51 @@
+"""Shared benchmark helpers: the machine's float32 GEMM peak and a machine summary."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+
+def _best_gemm_gflops(size: int, repeats: int) -> float:
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = a.T.copy()
+    c = np.empty_like(a)
+    np.dot(a, b, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.dot(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def gemm_peak(size: int = 2048, repeats: int = 5) -> dict:
+    """Best float32 GEMM GFLOP/s of NumPy's BLAS on 1 thread and on all cores.
+
+    This is the practical ceiling for any float32 kernel on this machine: the
+    fractions of peak in the reports are relative to it.
+    """
+    cores = os.cpu_count() or 1
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = _best_gemm_gflops(size, repeats)
+    with threadpool_limits(limits=cores, user_api="blas"):
+        every = _best_gemm_gflops(size, repeats)
+    return {"size": size, "one_thread_gflops": one, "all_threads": cores,
+            "all_threads_gflops": every}
+
+
+def machine_summary() -> dict:
+    """CPU, cores, library versions and Numba's threading layer, for report headers."""
+    import numba
+
+    from scratchcnn.runinfo import cpu_model, versions
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = numba.config.THREADING_LAYER
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "threading_layer": layer,
+            **versions()}

@@ -1,0 +1,150 @@
+"""Kernel microbenchmark: every kernel of the reference network, serial vs parallel.
+
+    python bench/kernels.py                 # batch 32, parallel on all cores
+    python bench/kernels.py --threads 2 --repeats 30 --json kernels.json
+
+For each kernel at the reference network's shapes it times the serial and the
+parallel build alternately (so machine noise hits both alike), reports the
+best and the median time in milliseconds, GFLOP/s (from the best time), the
+fraction of the machine's float32 GEMM peak (measured first, same process),
+and the parallel speedup (ratio of the medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import gemm_peak, machine_summary  # noqa: E402
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="Numba threads for the parallel build")
+    p.add_argument("--batch", type=int, default=32, help="batch size")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per build and kernel")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return p.parse_args()
+
+
+def cases(n: int):
+    """(name, kernel, args factory, FLOPs): the reference network's kernels at batch n."""
+    import numpy as np
+
+    f32 = np.float32
+    rng = np.random.default_rng(0)
+
+    def arr(*shape):
+        return rng.standard_normal(shape, dtype=f32)
+
+    out = []
+    convs = [("conv1", 3, 32, 32, 32), ("conv2", 32, 64, 15, 15), ("conv3", 64, 64, 6, 6)]
+    for name, c, f, h, w in convs:
+        oh, ow, k, p = h - 2, w - 2, c * 9, (h - 2) * (w - 2)
+        x, wt, b, dout = arr(n, c, h, w), arr(f, c, 3, 3), arr(f), arr(n, f, oh, ow)
+        cols, dcols = np.empty((n, k, p), f32), np.empty((n, k, p), f32)
+        y, dx, dwp = np.empty((n, f, oh, ow), f32), np.empty_like(x), np.empty((n, f, k), f32)
+        dw, db = np.empty_like(wt), np.empty_like(b)
+        flops = 2 * n * f * k * p
+        out += [
+            (f"{name} forward (direct loops)", "conv2d_forward_direct",
+             (x, wt, b, 1, 1, 0, 0, y), flops),
+            (f"{name} forward (im2col+GEMM)", "conv2d_forward",
+             (x, wt, b, 1, 1, 0, 0, cols, y), flops),
+            (f"{name} backward input", "conv2d_backward_input",
+             (dout, wt, 1, 1, 0, 0, dcols, dx), flops),
+            (f"{name} backward weight", "conv2d_backward_weight",
+             (dout, cols, dwp, dw, db), flops),
+        ]
+    for name, c, h in [("pool1", 32, 30), ("pool2", 64, 13)]:
+        x = arr(n, c, h, h)
+        o = h // 2
+        y, am = np.empty((n, c, o, o), f32), np.empty((n, c, o, o), np.int64)
+        out += [(f"{name} forward", "maxpool2d_forward", (x, 2, 2, 2, 2, y, am), n * c * o * o * 4),
+                (f"{name} backward", "maxpool2d_backward", (arr(n, c, o, o), am, np.empty_like(x)),
+                 n * c * o * o)]
+    size = n * 32 * 30 * 30
+    x = arr(size)
+    out += [("relu1 forward", "relu_forward", (x, np.empty_like(x)), size),
+            ("relu1 backward", "relu_backward", (x, arr(size), np.empty_like(x)), size)]
+    for name, i, o in [("dense1", 1024, 64), ("dense2", 64, 10)]:
+        x, w, b, dy = arr(n, i), arr(i, o), arr(o), arr(n, o)
+        flops = 2 * n * i * o
+        out += [(f"{name} forward", "dense_forward", (x, w, b, np.empty((n, o), f32)), flops),
+                (f"{name} backward input", "dense_backward_input", (dy, w, np.empty_like(x)),
+                 flops),
+                (f"{name} backward weight", "dense_backward_weight",
+                 (x, dy, np.empty_like(w), np.empty_like(b)), flops)]
+    logits = arr(n, 10)
+    out.append(("softmax cross-entropy", "softmax_cross_entropy",
+                (logits, rng.integers(0, 10, n), np.empty(n, f32), np.empty_like(logits)),
+                n * 10 * 6))
+    p = 122_570
+    out.append(("adam update (all params)", "adam_update",
+                (arr(p), arr(p), arr(p), np.abs(arr(p)), f32(1e-3), f32(0.9), f32(0.999),
+                 f32(1e-7)), 12 * p))
+    return out
+
+
+def main() -> None:
+    args = _parse()
+    from scratchcnn.threads import configure_threads
+
+    configure_threads(args.threads)
+    from scratchcnn.kernels import parallel, serial
+
+    peak = gemm_peak()
+    results = []
+    for label, kname, kargs, flops in cases(args.batch):
+        builds = {"serial": getattr(serial, kname), "parallel": getattr(parallel, kname)}
+        for fn in builds.values():  # compile / load from cache, warm caches
+            fn(*kargs)
+            fn(*kargs)
+        times = {b: [] for b in builds}
+        for _ in range(args.repeats):
+            for b, fn in builds.items():  # alternate: noise hits both builds alike
+                t0 = time.perf_counter()
+                fn(*kargs)
+                times[b].append(time.perf_counter() - t0)
+        row = {"kernel": label, "flops": flops}
+        for b, ts in times.items():
+            best, med = min(ts), statistics.median(ts)
+            row[b] = {"best_ms": best * 1e3, "median_ms": med * 1e3, "max_ms": max(ts) * 1e3,
+                      "gflops": flops / best / 1e9}
+        row["speedup"] = row["serial"]["median_ms"] / row["parallel"]["median_ms"]
+        row["serial"]["peak_fraction"] = row["serial"]["gflops"] / peak["one_thread_gflops"]
+        row["parallel"]["peak_fraction"] = row["parallel"]["gflops"] / peak["all_threads_gflops"]
+        results.append(row)
+
+    info = machine_summary()
+    print(f"# Kernel benchmark: batch {args.batch}, parallel build on {args.threads} threads, "
+          f"{args.repeats} repeats")
+    print(f"# {info['cpu_model']}, {info['cpu_count']} cores, Numba {info['numba']}, "
+          f"threading layer {info['threading_layer']}")
+    print(f"# float32 GEMM peak (NumPy BLAS, {peak['size']}^2): "
+          f"{peak['one_thread_gflops']:.0f} GFLOP/s on 1 thread, "
+          f"{peak['all_threads_gflops']:.0f} GFLOP/s on {peak['all_threads']} threads\n")
+    print("| kernel | serial ms (best / median) | serial GFLOP/s | % of 1-core peak "
+          "| parallel ms (best / median) | parallel GFLOP/s | % of all-core peak | speedup |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        s, p = r["serial"], r["parallel"]
+        print(f"| {r['kernel']} | {s['best_ms']:.3f} / {s['median_ms']:.3f} | "
+              f"{s['gflops']:.1f} | {100 * s['peak_fraction']:.0f}% | "
+              f"{p['best_ms']:.3f} / {p['median_ms']:.3f} | {p['gflops']:.1f} | "
+              f"{100 * p['peak_fraction']:.0f}% | {r['speedup']:.2f}x |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"args": vars(args), "machine": info, "peak": peak, "kernels": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
