@@ -91,6 +91,8 @@ POOL_CASES = [
     (2, 3, 7, 5, 2, 2, 2, 2),  # odd, non-square: last row/column dropped
     (2, 2, 9, 8, 3, 3, 2, 2),  # overlapping windows (stride < window)
     (3, 2, 6, 9, 3, 2, 3, 1),  # non-square window and stride
+    (2, 3, 7, 6, 2, 2, 1, 1),  # 2x2 fast path with overlapping windows
+    (1, 2, 9, 9, 2, 2, 3, 2),  # 2x2 fast path, stride > window (gaps)
 ]
 
 
