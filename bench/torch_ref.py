@@ -1,0 +1,138 @@
+"""PyTorch (CPU) reference: the same network, optimizer and batches, for head-to-head timing.
+
+Network: Conv2d 3->32 3x3, ReLU, MaxPool2d 2, Conv2d 32->64 3x3, ReLU,
+MaxPool2d 2, Conv2d 64->64 3x3, ReLU, Flatten, Linear 1024->64, ReLU,
+Linear 64->10 — ``scratchcnn.model.reference_cnn`` layer for layer. The
+initial weights are *copied* from ``reference_cnn(seed)`` (Glorot-uniform,
+zero biases, as in Keras), so both start from the same point: conv weights
+have the same (F, C, KH, KW) layout; our Dense stores (in, out), torch's
+Linear (out, in), hence a transpose. Flatten is channel-major in both.
+
+Optimizer: ``torch.optim.Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-7)`` (Keras's
+values; torch adds eps to the bias-corrected sqrt(v), Keras/ours to the
+uncorrected one — a negligible difference). Loss: ``nn.CrossEntropyLoss``
+(mean over the batch). float32 throughout.
+
+Batches: the numpy arrays of the same ``BatchLoader`` our runs use, wrapped
+zero-copy with ``torch.from_numpy``.
+
+Import this module only when the torch reference is requested: it imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from harness import LR, EpochResult
+from torch import nn
+
+from scratchcnn.data.loader import BatchLoader
+
+_INTEROP_SET = False
+
+
+def set_interop_once() -> None:
+    """``torch.set_num_interop_threads(1)``: allowed once, before any inter-op work."""
+    global _INTEROP_SET
+    if not _INTEROP_SET:
+        torch.set_num_interop_threads(1)
+        _INTEROP_SET = True
+
+
+def torch_reference_cnn(seed: int) -> nn.Sequential:
+    """The reference network in torch, initialised with ``reference_cnn(seed)``'s weights."""
+    from scratchcnn.model import reference_cnn
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+    ours = reference_cnn(seed=seed, backend="serial").state_dict()
+    pairs = {"conv1": net[0], "conv2": net[3], "conv3": net[6], "dense1": net[9],
+             "dense2": net[11]}
+    with torch.no_grad():
+        for name, mod in pairs.items():
+            w = torch.from_numpy(ours[f"{name}.weight"].copy())
+            mod.weight.copy_(w.T if isinstance(mod, nn.Linear) else w)
+            mod.bias.copy_(torch.from_numpy(ours[f"{name}.bias"].copy()))
+    return net
+
+
+class TorchRun:
+    """The torch model at ``threads`` intra-op threads; same interface as ``ScratchRun``."""
+
+    kind = "torch"
+    backend = "torch"
+
+    def __init__(self, threads: int, seed: int, lr: float = LR) -> None:
+        set_interop_once()
+        self.threads = threads
+        self.name = f"torch@{threads}"
+        self.model = torch_reference_cnn(seed)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.9, 0.999),
+                                    eps=1e-7)
+        self.criterion = nn.CrossEntropyLoss()
+        self.timers = None
+
+    def train_epoch(self, loader: BatchLoader, epoch: int) -> EpochResult:
+        torch.set_num_threads(self.threads)
+        model, opt, crit = self.model, self.opt, self.criterion
+        model.train()
+        total, correct, seen = 0.0, 0, 0
+        t0 = time.perf_counter()
+        for x, y in loader.epoch(epoch):
+            xb, yb = torch.from_numpy(x), torch.from_numpy(y)
+            opt.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = crit(logits, yb)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            correct += int((logits.detach().argmax(1) == yb).sum())
+            seen += len(y)
+        seconds = time.perf_counter() - t0
+        return EpochResult(seconds, seen, total / seen, correct / seen, loader.wait_seconds)
+
+    @torch.no_grad()
+    def evaluate(self, loader: BatchLoader) -> tuple[float, float]:
+        torch.set_num_threads(self.threads)
+        self.model.eval()
+        total, correct, seen = 0.0, 0, 0
+        for x, y in loader.epoch(0):
+            xb, yb = torch.from_numpy(x), torch.from_numpy(y)
+            logits = self.model(xb)
+            total += self.criterion(logits, yb).item() * len(y)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(y)
+        return total / seen, correct / seen
+
+    def weights(self) -> None:
+        """Not comparable bit-for-bit with ours (different kernels): None."""
+        return None
+
+
+def warm_up_torch(threads: int) -> dict:
+    """A few training steps on a throwaway model (oneDNN primitive creation etc.); timed."""
+    set_interop_once()
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    net = torch_reference_cnn(0)
+    opt = torch.optim.Adam(net.parameters(), lr=LR, eps=1e-7)
+    crit = nn.CrossEntropyLoss()
+    for n in (32, 16):  # a full and a partial last batch
+        x, y = torch.zeros(n, 3, 32, 32), torch.zeros(n, dtype=torch.int64)
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            crit(net(x), y).backward()
+            opt.step()
+    with torch.no_grad():
+        net.eval()
+        net(torch.zeros(250, 3, 32, 32))
+    return {"seconds": time.perf_counter() - t0}
+
+
+def torch_version() -> str:
+    return torch.__version__
