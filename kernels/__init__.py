@@ -1,4 +1,4 @@
-"""scratchcnn.kernels: the Numba kernels, in a serial and a parallel build.
+"""scratchcnn.kernels: the Numba kernels, in a serial and a parallel build (and CUDA).
 
 Each kernel is written once (in ``conv.py``, ``pool.py``, ``dense.py``,
 ``activation.py``, ``loss.py``, ``optim.py``) and compiled twice by
@@ -17,12 +17,26 @@ No hidden threads: the matrix products go through ``np.dot``, i.e. SciPy's
 OpenBLAS. Importing this package pins every BLAS thread pool to one thread, so
 the serial build computes on exactly one thread and the parallel build on
 exactly Numba's thread count.
+
+``get_backend("cuda")`` builds the optional CUDA backend (``cuda.py``, needs
+the ``cuda`` extra: numba-cuda) on first request; numba.cuda is never imported
+before that.
+
+Array helpers: besides its kernels, every backend namespace carries a tiny
+array API, so layers allocate and move data without knowing where it lives:
+``empty(shape, dtype)``, ``zeros(shape, dtype)``, ``to_device(a)`` (a NumPy
+array into the backend's memory), ``to_host(a)`` (back to NumPy),
+``copy_into(dst, src)`` (host data into an existing array), ``synchronize()``
+(wait for queued kernels) and ``is_device_array(a)``. On the CPU backends the
+transfers are the identity (no copy) and ``synchronize`` does nothing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from types import SimpleNamespace
 
+import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that np.dot in njit calls)
 from threadpoolctl import threadpool_limits
 
@@ -37,11 +51,32 @@ _MODULES = (conv, pool, dense, activation, loss, optim)
 KERNEL_NAMES: tuple[str, ...] = tuple(name for mod in _MODULES for name in mod.__all__)
 
 
+def _identity(a):
+    return a
+
+
+def _copy_into(dst: np.ndarray, src) -> None:
+    dst[...] = src
+
+
+def _no_device(a) -> bool:
+    return False
+
+
+def _nothing() -> None:
+    pass
+
+
+#: The array API of the CPU backends: plain NumPy, transfers are the identity.
+_HOST_ARRAYS = dict(empty=np.empty, zeros=np.zeros, to_device=_identity, to_host=_identity,
+                    copy_into=_copy_into, synchronize=_nothing, is_device_array=_no_device)
+
+
 def _make_backend(name: str, parallel: bool) -> SimpleNamespace:
     kernels = {
         kname: build(getattr(mod, kname), parallel) for mod in _MODULES for kname in mod.__all__
     }
-    return SimpleNamespace(name=name, parallel=parallel, **kernels)
+    return SimpleNamespace(name=name, parallel=parallel, device="cpu", **_HOST_ARRAYS, **kernels)
 
 
 serial = _make_backend("serial", parallel=False)
@@ -57,5 +92,26 @@ def get_backend(name: str) -> SimpleNamespace:
     if name == "parallel":
         return parallel
     if name == "cuda":
-        raise ValueError("backend 'cuda' is not available yet; use --backend parallel")
+        return _cuda_backend()
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+_cuda: SimpleNamespace | None = None
+
+
+def _cuda_backend() -> SimpleNamespace:
+    """Build the CUDA backend once; a one-line ValueError when it cannot run here."""
+    global _cuda
+    if _cuda is None:
+        if importlib.util.find_spec("numba_cuda") is None:
+            raise ValueError("backend 'cuda': numba-cuda is not installed: pip install "
+                             "'.[cuda]' (or use --backend parallel)")
+        from numba import cuda
+
+        if not cuda.is_available():
+            raise ValueError("backend 'cuda': no usable CUDA GPU (numba.cuda.is_available() "
+                             "is False): use --backend parallel")
+        from .cuda import make_cuda_backend
+
+        _cuda = make_cuda_backend()
+    return _cuda

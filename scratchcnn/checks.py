@@ -19,13 +19,20 @@ def format_spec(spec: ShapeSpec) -> str:
     return "(" + ", ".join(str(s) for s in spec) + ("," if len(spec) == 1 else "") + ")"
 
 
+def is_device_array(x: object) -> bool:
+    """A numba.cuda device array (real or simulated): has a shape, a dtype and copy_to_host."""
+    return not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host") and hasattr(x, "dtype")
+
+
 def check_array(layer: str, x: object, spec: ShapeSpec, dtype: np.dtype) -> np.ndarray:
     """Check that ``x`` is a C-contiguous ``dtype`` array matching ``spec``; return it.
 
+    ``x`` is a NumPy array or a CUDA device array (CUDA backend).
     Raises ``ValueError`` naming the layer, the expected and the received shape.
     """
     want = format_spec(spec)
-    if not isinstance(x, np.ndarray):
+    device = is_device_array(x)
+    if not isinstance(x, np.ndarray) and not device:
         raise ValueError(f"{layer}: expected a numpy array of shape {want}, got {type(x).__name__}")
     if x.ndim != len(spec):
         raise ValueError(
@@ -47,7 +54,7 @@ def check_array(layer: str, x: object, spec: ShapeSpec, dtype: np.dtype) -> np.n
             f"{layer}: expected dtype {np.dtype(dtype).name} for shape {want}, got {x.dtype} "
             f"with shape {x.shape} (convert with x.astype(np.{np.dtype(dtype).name}))"
         )
-    if not x.flags.c_contiguous:
+    if not (x.is_c_contiguous() if device else x.flags.c_contiguous):
         raise ValueError(
             f"{layer}: expected a C-contiguous array of shape {want}, got a non-contiguous "
             f"view of shape {x.shape} (pass np.ascontiguousarray(x))"

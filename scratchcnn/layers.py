@@ -3,7 +3,14 @@
 A layer owns its parameters and their gradients (``Parameter.value`` and
 ``Parameter.grad``, float32 by default, float64 for gradient checks), caches
 what its backward pass needs, and does no arithmetic itself: it checks its
-input and calls the kernels of its backend (``"serial"`` or ``"parallel"``).
+input and calls the kernels of its backend (``"serial"``, ``"parallel"`` or
+``"cuda"``).
+
+Where arrays live is the backend's business: layers allocate through its
+array helpers (``self._k.empty``, ``zeros``, ``to_device``). On the CPU
+backends these are NumPy; on ``"cuda"`` parameters, gradients and
+activations are device arrays and a NumPy input is copied to the device once,
+by the first layer that receives it.
 
 Tensors are NCHW: (batch, channels, height, width). ``backward(dout)``
 overwrites (does not accumulate) the parameter gradients and returns the
@@ -17,7 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from scratchcnn.checks import check_array, check_float_dtype
+from scratchcnn.checks import ShapeSpec, check_array, check_float_dtype, is_device_array
 from scratchcnn.kernels import get_backend
 
 
@@ -26,7 +33,7 @@ class Parameter:
     """A trainable array and its gradient (same shape and dtype)."""
 
     name: str
-    value: np.ndarray
+    value: np.ndarray  # or a CUDA device array on the "cuda" backend
     grad: np.ndarray
 
 
@@ -65,8 +72,24 @@ class Layer:
 
     @backend.setter
     def backend(self, name: str) -> None:
-        self._k: SimpleNamespace = get_backend(name)
+        k = get_backend(name)
+        old = getattr(self, "_k", None)
+        # Moving between host and device copies the parameters (an optimizer built
+        # before the move keeps its state where it was: build it afterwards).
+        if old is not None and old.device != k.device:
+            for p in self.params():
+                p.value = k.to_device(old.to_host(p.value))
+                p.grad = k.to_device(old.to_host(p.grad))
+        self._k: SimpleNamespace = k
         self._backend_name = name
+
+    def _parameter(self, name: str, value: np.ndarray) -> Parameter:
+        """A Parameter in the backend's memory: ``value`` (host) and a zero gradient."""
+        return Parameter(name, self._k.to_device(value), self._k.zeros(value.shape, self.dtype))
+
+    def _input(self, x: object, spec: ShapeSpec) -> np.ndarray:
+        """Check ``x`` (host or device array) against ``spec``; return it in backend memory."""
+        return self._k.to_device(check_array(self.name, x, spec, self.dtype))
 
     def params(self) -> list[Parameter]:
         """The layer's trainable parameters (empty for parameter-free layers)."""
@@ -86,7 +109,7 @@ class Layer:
         shape = getattr(self, "_out_shape", None)
         if shape is None:
             raise RuntimeError(f"{self.name}: backward() called before forward()")
-        return check_array(f"{self.name} (backward)", dout, shape, self.dtype)
+        return self._k.to_device(check_array(f"{self.name} (backward)", dout, shape, self.dtype))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -118,10 +141,9 @@ class Conv2D(Layer):
         rng = rng if rng is not None else np.random.default_rng()
         fan_in, fan_out = in_channels * kh * kw_, out_channels * kh * kw_
         shape = (out_channels, in_channels, kh, kw_)
-        self.weight = Parameter("weight", glorot_uniform(shape, fan_in, fan_out, rng, self.dtype),
-                                np.zeros(shape, self.dtype))
-        self.bias = Parameter("bias", np.zeros(out_channels, self.dtype),
-                              np.zeros(out_channels, self.dtype))
+        self.weight = self._parameter("weight",
+                                      glorot_uniform(shape, fan_in, fan_out, rng, self.dtype))
+        self.bias = self._parameter("bias", np.zeros(out_channels, self.dtype))
         self._ws_key: tuple | None = None
 
     def _resolve_padding(self, padding: int | tuple[int, int] | str) -> tuple[int, int]:
@@ -151,17 +173,17 @@ class Conv2D(Layer):
 
     def _workspaces(self, n: int, h: int, w: int) -> None:
         """(Re)allocate the im2col workspaces when the input shape changes."""
-        if self._ws_key == (n, h, w):
+        if self._ws_key == (n, h, w, self.backend):
             return
         f, oh, ow = self.output_shape((self.in_channels, h, w))
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        self._cols = np.empty((n, k, oh * ow), self.dtype)
+        self._cols = self._k.empty((n, k, oh * ow), self.dtype)
         self._dcols: np.ndarray | None = None  # allocated on first backward that needs it
-        self._dw_partial = np.empty((n, f, k), self.dtype)
-        self._ws_key = (n, h, w)
+        self._dw_partial = self._k.empty((n, f, k), self.dtype)
+        self._ws_key = (n, h, w, self.backend)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = check_array(self.name, x, ("N", self.in_channels, "H", "W"), self.dtype)
+        x = self._input(x, ("N", self.in_channels, "H", "W"))
         n, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         if h + 2 * ph < kh or w + 2 * pw < kw:
@@ -170,7 +192,7 @@ class Conv2D(Layer):
         self._workspaces(n, h, w)
         self._out_shape = (n, *self.output_shape((self.in_channels, h, w)))
         self._in_shape = x.shape
-        out = np.empty(self._out_shape, self.dtype)
+        out = self._k.empty(self._out_shape, self.dtype)
         self._k.conv2d_forward(x, self.weight.value, self.bias.value, sh, sw, ph, pw,
                                self._cols, out)
         return out
@@ -183,8 +205,8 @@ class Conv2D(Layer):
         if not need_input_grad:
             return None
         if self._dcols is None:
-            self._dcols = np.empty_like(self._cols)
-        dx = np.empty(self._in_shape, self.dtype)
+            self._dcols = self._k.empty(self._cols.shape, self.dtype)
+        dx = self._k.empty(self._in_shape, self.dtype)
         self._k.conv2d_backward_input(dout, self.weight.value, sh, sw, ph, pw, self._dcols, dx)
         return dx
 
@@ -214,7 +236,7 @@ class MaxPool2D(Layer):
         return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = check_array(self.name, x, ("N", "C", "H", "W"), self.dtype)
+        x = self._input(x, ("N", "C", "H", "W"))
         n, c, h, w = x.shape
         (kh, kw), (sh, sw) = self.pool_size, self.stride
         if h < kh or w < kw:
@@ -222,8 +244,8 @@ class MaxPool2D(Layer):
                              f"{kh}x{kw} pooling window")
         self._out_shape = (n, *self.output_shape((c, h, w)))
         self._in_shape = x.shape
-        out = np.empty(self._out_shape, self.dtype)
-        self._argmax = np.empty(self._out_shape, np.int64)
+        out = self._k.empty(self._out_shape, self.dtype)
+        self._argmax = self._k.empty(self._out_shape, np.int64)
         self._k.maxpool2d_forward(x, kh, kw, sh, sw, out, self._argmax)
         return out
 
@@ -231,7 +253,7 @@ class MaxPool2D(Layer):
         dout = self._check_dout(dout)
         if not need_input_grad:
             return None
-        dx = np.empty(self._in_shape, self.dtype)
+        dx = self._k.empty(self._in_shape, self.dtype)
         self._k.maxpool2d_backward(dout, self._argmax, dx)
         return dx
 
@@ -245,14 +267,12 @@ class ReLU(Layer):
         return tuple(input_shape)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if isinstance(x, np.ndarray) and x.ndim >= 1:
-            spec = ("N",) + tuple(f"d{i}" for i in range(1, x.ndim))
-        else:
-            spec = ("N", "...")
-        x = check_array(self.name, x, spec, self.dtype)
+        ndim = x.ndim if isinstance(x, np.ndarray) or is_device_array(x) else 0
+        spec = ("N",) + tuple(f"d{i}" for i in range(1, ndim)) if ndim >= 1 else ("N", "...")
+        x = self._input(x, spec)
         self._x = x
         self._out_shape = x.shape
-        out = np.empty_like(x)
+        out = self._k.empty(x.shape, x.dtype)
         self._k.relu_forward(x.reshape(-1), out.reshape(-1))
         return out
 
@@ -260,7 +280,7 @@ class ReLU(Layer):
         dout = self._check_dout(dout)
         if not need_input_grad:
             return None
-        dx = np.empty_like(dout)
+        dx = self._k.empty(dout.shape, dout.dtype)
         self._k.relu_backward(self._x.reshape(-1), dout.reshape(-1), dx.reshape(-1))
         return dx
 
@@ -274,11 +294,9 @@ class Flatten(Layer):
         return (int(np.prod(input_shape)),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if isinstance(x, np.ndarray) and x.ndim >= 2:
-            spec = ("N",) + tuple(f"d{i}" for i in range(1, x.ndim))
-        else:
-            spec = ("N", "...")
-        x = check_array(self.name, x, spec, self.dtype)
+        ndim = x.ndim if isinstance(x, np.ndarray) or is_device_array(x) else 0
+        spec = ("N",) + tuple(f"d{i}" for i in range(1, ndim)) if ndim >= 2 else ("N", "...")
+        x = self._input(x, spec)
         self._in_shape = x.shape
         self._out_shape = (x.shape[0], int(np.prod(x.shape[1:])))
         return x.reshape(self._out_shape)
@@ -302,11 +320,9 @@ class Dense(Layer):
         self.in_features, self.out_features = int(in_features), int(out_features)
         rng = rng if rng is not None else np.random.default_rng()
         shape = (in_features, out_features)
-        self.weight = Parameter("weight",
-                                glorot_uniform(shape, in_features, out_features, rng, self.dtype),
-                                np.zeros(shape, self.dtype))
-        self.bias = Parameter("bias", np.zeros(out_features, self.dtype),
-                              np.zeros(out_features, self.dtype))
+        self.weight = self._parameter(
+            "weight", glorot_uniform(shape, in_features, out_features, rng, self.dtype))
+        self.bias = self._parameter("bias", np.zeros(out_features, self.dtype))
 
     def params(self) -> list[Parameter]:
         return [self.weight, self.bias]
@@ -315,10 +331,10 @@ class Dense(Layer):
         return (self.out_features,)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = check_array(self.name, x, ("N", self.in_features), self.dtype)
+        x = self._input(x, ("N", self.in_features))
         self._x = x
         self._out_shape = (x.shape[0], self.out_features)
-        out = np.empty(self._out_shape, self.dtype)
+        out = self._k.empty(self._out_shape, self.dtype)
         self._k.dense_forward(x, self.weight.value, self.bias.value, out)
         return out
 
@@ -327,7 +343,7 @@ class Dense(Layer):
         self._k.dense_backward_weight(self._x, dout, self.weight.grad, self.bias.grad)
         if not need_input_grad:
             return None
-        dx = np.empty(self._x.shape, self.dtype)
+        dx = self._k.empty(self._x.shape, self.dtype)
         self._k.dense_backward_input(dout, self.weight.value, dx)
         return dx
 

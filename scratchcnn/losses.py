@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scratchcnn.checks import check_array, check_float_dtype
+from scratchcnn.checks import check_array, check_float_dtype, is_device_array
 from scratchcnn.kernels import get_backend
 
 
@@ -13,6 +13,9 @@ class SoftmaxCrossEntropy:
 
     ``forward(logits, labels)`` returns the loss as a Python float and keeps the
     gradient; ``backward()`` returns d(loss)/d(logits), shape (N, K).
+
+    On the ``"cuda"`` backend the logits and the gradient stay on the device;
+    the (host) labels go to the device, and the N per-sample losses come back.
     """
 
     name = "softmax_cross_entropy"
@@ -31,14 +34,15 @@ class SoftmaxCrossEntropy:
         self._backend_name = name
 
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
-        logits = check_array(self.name, logits, ("N", "K"), self.dtype)
+        be = self._k
+        logits = be.to_device(check_array(self.name, logits, ("N", "K"), self.dtype))
         n, k = logits.shape
         labels = check_labels(self.name, labels, n, k)
-        self.losses = np.empty(n, self.dtype)
-        self._dlogits = np.empty_like(logits)
-        self._k.softmax_cross_entropy(logits, labels, self.losses, self._dlogits)
+        self.losses = be.empty(n, self.dtype)
+        self._dlogits = be.empty(logits.shape, self.dtype)
+        be.softmax_cross_entropy(logits, be.to_device(labels), self.losses, self._dlogits)
         # Summed in float64 in a fixed order: the same on every backend.
-        return float(self.losses.astype(np.float64).sum() / n)
+        return float(be.to_host(self.losses).astype(np.float64).sum() / n)
 
     def backward(self) -> np.ndarray:
         if not hasattr(self, "_dlogits"):
@@ -64,5 +68,7 @@ def check_labels(layer: str, labels: object, n: int, num_classes: int) -> np.nda
 
 
 def accuracy_count(logits: np.ndarray, labels: np.ndarray) -> int:
-    """How many rows of ``logits`` have their largest entry at ``labels``."""
+    """How many rows of ``logits`` (host or device array) have their largest entry at ``labels``."""
+    if is_device_array(logits):  # (N, K) scores come back from the GPU: a small copy
+        logits = logits.copy_to_host()
     return int((logits.argmax(axis=1) == labels).sum())

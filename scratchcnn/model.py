@@ -88,20 +88,26 @@ class Sequential:
 
     # -- persistence --------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameter arrays keyed by ``"<layer>.<param>"`` (views, not copies)."""
-        return {name: p.value for name, p in self.named_parameters()}
+        """Parameter arrays keyed by ``"<layer>.<param>"``, on the host.
+
+        CPU backends: views of the parameters, not copies. CUDA: host copies.
+        """
+        return {f"{layer.name}.{p.name}": layer._k.to_host(p.value)
+                for layer in self.layers for p in layer.params()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], source: str = "state") -> None:
         """Copy arrays into the parameters; ValueError names what is missing or wrong."""
-        for name, p in self.named_parameters():
-            if name not in state:
-                raise ValueError(f"{source}: missing parameter {name!r}; is this a checkpoint of "
-                                 f"the same network?")
-            a = np.asarray(state[name])
-            if a.shape != p.value.shape:
-                raise ValueError(f"{source}: parameter {name!r} has shape {a.shape}, the model "
-                                 f"expects {p.value.shape}")
-            p.value[...] = a
+        for layer in self.layers:
+            for p in layer.params():
+                name = f"{layer.name}.{p.name}"
+                if name not in state:
+                    raise ValueError(f"{source}: missing parameter {name!r}; is this a checkpoint "
+                                     f"of the same network?")
+                a = np.asarray(state[name])
+                if a.shape != p.value.shape:
+                    raise ValueError(f"{source}: parameter {name!r} has shape {a.shape}, the "
+                                     f"model expects {p.value.shape}")
+                layer._k.copy_into(p.value, a)  # CUDA: a copy to the device
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights to ``path`` (.npz) atomically: a crash leaves the old file."""

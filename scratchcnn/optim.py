@@ -12,7 +12,11 @@ from scratchcnn.layers import Parameter
 
 
 class Optimizer:
-    """Holds the parameters it updates and one state array per parameter and slot."""
+    """Holds the parameters it updates and one state array per parameter and slot.
+
+    The state lives where the parameters live (on the device for ``"cuda"``);
+    ``state_dict`` copies it to the host, ``load_state_dict`` back.
+    """
 
     slots: tuple[str, ...] = ()
 
@@ -22,7 +26,8 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
         self.backend = backend
         self.t = 0  # number of steps taken
-        self.state = {s: [np.zeros_like(p.value) for p in self.params] for s in self.slots}
+        self.state = {s: [self._k.zeros(p.value.shape, p.value.dtype) for p in self.params]
+                      for s in self.slots}
 
     @property
     def backend(self) -> str:
@@ -46,7 +51,7 @@ class Optimizer:
     def warm_up(self) -> None:
         """Compile the update kernel on scratch arrays; parameters and state are untouched."""
         dt = self.params[0].value.dtype
-        scratch = [np.zeros(1, dt) for _ in range(2 + len(self.slots))]
+        scratch = [self._k.zeros(1, dt) for _ in range(2 + len(self.slots))]
         t, self.t = self.t, 1
         try:
             self._update(scratch[0], scratch[1], scratch[2:], dt.type)
@@ -58,7 +63,7 @@ class Optimizer:
         d = {"t": np.array(self.t, np.int64)}
         for s in self.slots:
             for i, a in enumerate(self.state[s]):
-                d[f"{s}.{i}"] = a
+                d[f"{s}.{i}"] = self._k.to_host(a)
         return d
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
@@ -71,7 +76,7 @@ class Optimizer:
                 if d[key].shape != a.shape:
                     raise ValueError(f"optimizer state {key!r}: expected shape {a.shape}, "
                                      f"got {d[key].shape}")
-                a[...] = d[key]
+                self._k.copy_into(a, d[key])
         self.t = int(d["t"])
 
 

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Numba threads for the parallel backend (more than the cores "
                         "works, with a warning)")
     p.add_argument("--backend", choices=["serial", "parallel", "cuda"], default="parallel",
-                   help="kernel build: serial (one thread), parallel (prange) or cuda")
+                   help="kernel build: serial (one thread), parallel (prange) or cuda "
+                        "(numba.cuda on a GPU; pip install '.[cuda]')")
     p.add_argument("--epochs", type=_int_at_least(1), default=10,
                    help="train until this many epochs are done (counting resumed ones)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=None,
@@ -129,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(args.threads)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    if args.backend == "cuda":
-        fail("--backend cuda: the CUDA backend is not available in this version; "
-             "use --backend parallel")
+    if args.backend == "cuda":  # fail before loading data when no GPU (or simulator) is usable
+        from scratchcnn.kernels import get_backend
+
+        try:
+            get_backend("cuda")
+        except ValueError as e:
+            fail(str(e))
     try:
         return Trainer(args).run()
     except ValueError as e:  # bad checkpoint, bad flag combination, ...
@@ -298,7 +303,7 @@ class Trainer:
         metrics = _read_metrics(out / "metrics.jsonl", up_to=progress.epoch)
         _write_metrics(out / "metrics.jsonl", metrics)
         print(f"run folder: {out}  |  {n_train} train / {n_test} test images  |  backend "
-              f"{a.backend}, {a.threads if a.backend == 'parallel' else 1} thread(s), "
+              f"{a.backend}, {_compute_units(a)}, "
               f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
 
         stop = StopRequested()
@@ -401,6 +406,15 @@ class Trainer:
         model.backward(loss.backward())
         opt.warm_up()
         warm_up_loader()
+
+
+def _compute_units(a: argparse.Namespace) -> str:
+    """What computes: "N thread(s)" on the CPU, the GPU (or simulator) for cuda."""
+    if a.backend == "cuda":
+        from scratchcnn.kernels import get_backend
+
+        return "CUDA simulator" if get_backend("cuda").simulator else "GPU"
+    return f"{a.threads if a.backend == 'parallel' else 1} thread(s)"
 
 
 def _write_json(path: Path, obj: dict) -> None:
