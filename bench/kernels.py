@@ -46,23 +46,26 @@ def cases(n: int):
         return rng.standard_normal(shape, dtype=f32)
 
     out = []
+    from scratchcnn.kernels.conv import conv2d_workspace_shapes
+
     convs = [("conv1", 3, 32, 32, 32), ("conv2", 32, 64, 15, 15), ("conv3", 64, 64, 6, 6)]
     for name, c, f, h, w in convs:
         oh, ow, k, p = h - 2, w - 2, c * 9, (h - 2) * (w - 2)
         x, wt, b, dout = arr(n, c, h, w), arr(f, c, 3, 3), arr(f), arr(n, f, oh, ow)
-        cols, dcols = np.empty((n, k, p), f32), np.empty((n, k, p), f32)
-        y, dx, dwp = np.empty((n, f, oh, ow), f32), np.empty_like(x), np.empty((n, f, k), f32)
+        ws = {key: np.empty(shape, f32)
+              for key, shape in conv2d_workspace_shapes(n, c, h, w, f, 3, 3, 1, 1, 0, 0).items()}
+        y, dx = np.empty((n, f, oh, ow), f32), np.empty_like(x)
         dw, db = np.empty_like(wt), np.empty_like(b)
         flops = 2 * n * f * k * p
         out += [
             (f"{name} forward (direct loops)", "conv2d_forward_direct",
              (x, wt, b, 1, 1, 0, 0, y), flops),
-            (f"{name} forward (im2col+GEMM)", "conv2d_forward",
-             (x, wt, b, 1, 1, 0, 0, cols, y), flops),
+            (f"{name} forward (im2col+GEMM, +ReLU)", "conv2d_forward",
+             (x, wt, b, 1, 1, 0, 0, True, ws["wb"], ws["cols"], ws["gemm_out"], y), flops),
             (f"{name} backward input", "conv2d_backward_input",
-             (dout, wt, 1, 1, 0, 0, dcols, dx), flops),
+             (dout, wt, 1, 1, 0, 0, ws["gemm_out"], ws["dcols"], dx), flops),
             (f"{name} backward weight", "conv2d_backward_weight",
-             (dout, cols, dwp, dw, db), flops),
+             (dout, ws["cols"], ws["gemm_out"], ws["partial"], dw, db), flops),
         ]
     for name, c, h in [("pool1", 32, 30), ("pool2", 64, 13)]:
         x = arr(n, c, h, h)
@@ -78,7 +81,8 @@ def cases(n: int):
     for name, i, o in [("dense1", 1024, 64), ("dense2", 64, 10)]:
         x, w, b, dy = arr(n, i), arr(i, o), arr(o), arr(n, o)
         flops = 2 * n * i * o
-        out += [(f"{name} forward", "dense_forward", (x, w, b, np.empty((n, o), f32)), flops),
+        out += [(f"{name} forward", "dense_forward", (x, w, b, False, np.empty((n, o), f32)),
+                 flops),
                 (f"{name} backward input", "dense_backward_input", (dy, w, np.empty_like(x)),
                  flops),
                 (f"{name} backward weight", "dense_backward_weight",

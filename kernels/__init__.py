@@ -76,7 +76,9 @@ def _make_backend(name: str, parallel: bool) -> SimpleNamespace:
     kernels = {
         kname: build(getattr(mod, kname), parallel) for mod in _MODULES for kname in mod.__all__
     }
-    return SimpleNamespace(name=name, parallel=parallel, device="cpu", **_HOST_ARRAYS, **kernels)
+    return SimpleNamespace(name=name, parallel=parallel, device="cpu",
+                           conv2d_workspace_shapes=conv.conv2d_workspace_shapes,
+                           **_HOST_ARRAYS, **kernels)
 
 
 serial = _make_backend("serial", parallel=False)

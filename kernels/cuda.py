@@ -161,13 +161,29 @@ def _conv_gemm_k(w2, b, cols, out3):
     out3[n, f, p] = acc + b[f]
 
 
-def conv2d_forward(x, w, b, sh, sw, ph, pw, cols, out):
-    """im2col into ``cols`` (kept for the weight gradient), then one product per output."""
+def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
+    """im2col into ``cols`` (kept for the weight gradient), then one product per output.
+
+    ``wb`` and ``gemm_out`` (CPU workspaces) are not needed here; ``relu`` applies
+    max(., 0) in place afterwards, one thread per element.
+    """
     N, F, OH, OW = out.shape
     KH, KW = w.shape[2], w.shape[3]
     _im2col_k[_blocks(cols.size), TPB](x, KH, KW, sh, sw, ph, pw, cols)
     w2 = w.reshape(F, w.size // F)
     _conv_gemm_k[_blocks(out.size), TPB](w2, b, cols, out.reshape(N, F, OH * OW))
+    if relu:
+        flat = out.reshape(out.size)
+        _relu_k[_blocks(flat.size), TPB](flat, flat)
+
+
+def conv2d_workspace_shapes(N, C, H, W, F, KH, KW, sh, sw, ph, pw) -> dict:
+    """Workspaces of the CUDA conv kernels: only ``cols`` (N, K, P) is used."""
+    OH = (H + 2 * ph - KH) // sh + 1
+    OW = (W + 2 * pw - KW) // sw + 1
+    unused = (1, 1, 1)
+    return {"wb": (1, 1), "cols": (N, C * KH * KW, OH * OW), "gemm_out": unused,
+            "partial": unused, "dcols": unused}
 
 
 @cuda.jit
@@ -210,8 +226,8 @@ def _conv_dx_k(dout, w, sh, sw, ph, pw, dx):
     dx[n, c, h, wi] = acc
 
 
-def conv2d_backward_input(dout, w, sh, sw, ph, pw, dcols, dx):
-    """dx from dout and the weights (``dcols`` is not needed: the kernel gathers)."""
+def conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx):
+    """dx from dout and the weights (the CPU workspaces are not needed: the kernel gathers)."""
     _conv_dx_k[_blocks(dx.size), TPB](dout, w, sh, sw, ph, pw, dx)
 
 
@@ -284,9 +300,9 @@ def _conv_db_k(dout3, db):
         db[f] = partial[0]
 
 
-def conv2d_backward_weight(dout, cols, dw_partial, dw, db, *,
+def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db, *,
                            samples_per_block: int = DW_SAMPLES_PER_BLOCK):
-    """dw and db from dout and the forward pass's ``cols`` (``dw_partial`` is not needed)."""
+    """dw and db from dout and the forward pass's ``cols`` (CPU workspaces not needed)."""
     N, F, OH, OW = dout.shape
     K = cols.shape[1]
     dout3 = dout.reshape(N, F, OH * OW)
@@ -333,7 +349,7 @@ def maxpool2d_forward(x, KH, KW, sh, sw, out, argmax):
 
 
 @cuda.jit
-def _maxpool_dx_k(dout, argmax, HW, dx_flat):
+def _maxpool_dx_k(dout, argmax, out, relu, HW, dx_flat):
     """Grid: one thread per output gradient dout[n, c, i, j]; it adds that value
     to the input pixel that won its window.
 
@@ -341,7 +357,9 @@ def _maxpool_dx_k(dout, argmax, HW, dx_flat):
     winner, so two threads may add into the same pixel: ``cuda.atomic.add``
     makes each read-add-write indivisible. (A gather, one thread per input
     pixel as in ``_conv_dx_k``, would need the window size, which this
-    kernel's CPU signature does not carry.) The caller zeroes dx first.
+    kernel's CPU signature does not carry.) The caller zeroes dx first. With
+    ``relu`` a window whose maximum ``out`` is <= 0 adds nothing (the fused
+    ReLU before the pool has derivative 0 there).
     """
     N, C, OH, OW = dout.shape
     t = cuda.grid(1)
@@ -351,13 +369,16 @@ def _maxpool_dx_k(dout, argmax, HW, dx_flat):
     i = (t // OW) % OH
     c = (t // (OW * OH)) % C
     n = t // (OW * OH * C)
+    if relu and out[n, c, i, j] <= 0:
+        return
     cuda.atomic.add(dx_flat, (n * C + c) * HW + argmax[n, c, i, j], dout[n, c, i, j])
 
 
-def maxpool2d_backward(dout, argmax, dx):
+def maxpool2d_backward(dout, argmax, out, relu, dx):
     dx_flat = dx.reshape(-1)
     _fill(dx_flat, float32(0))
-    _maxpool_dx_k[_blocks(dout.size), TPB](dout, argmax, dx.shape[2] * dx.shape[3], dx_flat)
+    _maxpool_dx_k[_blocks(dout.size), TPB](dout, argmax, out, relu, dx.shape[2] * dx.shape[3],
+                                           dx_flat)
 
 
 # ----------------------------------------------------------------------------
@@ -379,8 +400,11 @@ def _dense_k(x, w, b, out):
     out[n, o] = acc + b[o]
 
 
-def dense_forward(x, w, b, out):
+def dense_forward(x, w, b, relu, out):
     _dense_k[_blocks(out.size), TPB](x, w, b, out)
+    if relu:
+        flat = out.reshape(out.size)
+        _relu_k[_blocks(flat.size), TPB](flat, flat)
 
 
 @cuda.jit
@@ -628,6 +652,7 @@ def make_cuda_backend() -> SimpleNamespace:
         name="cuda", parallel=True, device="cuda",
         missing=tuple(n for n in KERNEL_NAMES if n not in KERNELS),
         simulator=bool(config.ENABLE_CUDASIM),
+        conv2d_workspace_shapes=conv2d_workspace_shapes,
         empty=_empty, zeros=_zeros, to_device=_to_device, to_host=_to_host,
         copy_into=_copy_into, synchronize=cuda.synchronize, is_device_array=is_device_array,
         **kernels,

@@ -11,14 +11,17 @@ from numba import prange
 __all__ = ["dense_forward", "dense_backward_input", "dense_backward_weight"]
 
 
-def dense_forward(x, w, b, out):
+def dense_forward(x, w, b, relu, out):
+    """out = x @ w + b, then max(., 0) if ``relu`` (the activation fused in)."""
     N = x.shape[0]
     O = w.shape[1]
+    zero = x.dtype.type(0)
     # PARALLEL: one sample per iteration; row out[n] belongs to sample n alone.
     for n in prange(N):
         np.dot(x[n], w, out[n])  # (I,) @ (I, O): BLAS, one thread
         for o in range(O):
-            out[n, o] += b[o]
+            v = out[n, o] + b[o]
+            out[n, o] = zero if relu and v < zero else v
 
 
 def dense_backward_input(dy, w, dx):

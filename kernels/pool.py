@@ -71,8 +71,16 @@ def window2x2(xp, sh, sw, op, ap):
             ap[i, j] = at
 
 
-def maxpool2d_backward(dout, argmax, dx):
+def maxpool2d_backward(dout, argmax, out, relu, dx):
+    """dx: each output's gradient goes to its window's maximum (see the module docstring).
+
+    With ``relu`` (the layer before the pool has a fused ReLU), gradients of
+    windows whose maximum ``out`` is <= 0 are dropped: there the ReLU's
+    derivative is 0. This folds the ReLU's backward pass into this one -- the
+    same result as the separate pass, without another sweep over dx.
+    """
     N, C, OH, OW = dout.shape
+    zero = out.dtype.type(0)
     # PARALLEL: one (sample, channel) plane per iteration. Every argmax of
     # plane nc points inside plane nc, so the `+=` below only ever touches this
     # thread's plane. Splitting over output rows i instead would race when
@@ -81,7 +89,10 @@ def maxpool2d_backward(dout, argmax, dx):
         dp = dx[nc // C, nc % C].reshape(-1)  # flat view: argmax holds flat indices
         gp = dout[nc // C, nc % C]
         ap = argmax[nc // C, nc % C]
+        op = out[nc // C, nc % C]
         dp[:] = 0
         for i in range(OH):
             for j in range(OW):
+                if relu and op[i, j] <= zero:
+                    continue
                 dp[ap[i, j]] += gp[i, j]

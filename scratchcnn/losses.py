@@ -38,8 +38,10 @@ class SoftmaxCrossEntropy:
         logits = be.to_device(check_array(self.name, logits, ("N", "K"), self.dtype))
         n, k = logits.shape
         labels = check_labels(self.name, labels, n, k)
-        self.losses = be.empty(n, self.dtype)
-        self._dlogits = be.empty(logits.shape, self.dtype)
+        if getattr(self, "_shape_of_buffers", None) != (logits.shape, self._backend_name):
+            self.losses = be.empty(n, self.dtype)  # reused while the shape stays the same
+            self._dlogits = be.empty(logits.shape, self.dtype)
+            self._shape_of_buffers = (logits.shape, self._backend_name)
         be.softmax_cross_entropy(logits, be.to_device(labels), self.losses, self._dlogits)
         # Summed in float64 in a fixed order: the same on every backend.
         return float(be.to_host(self.losses).astype(np.float64).sum() / n)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchcnn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, Parameter, ReLU
+from scratchcnn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, Parameter
 
 
 class Sequential:
@@ -31,10 +31,14 @@ class Sequential:
 
     # -- computation --------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run every layer on ``x`` (N, C, H, W); return the output (logits)."""
+        """Run every layer on ``x`` (N, C, H, W); return the output (logits).
+
+        The result is the caller's own copy on the CPU backends (layers reuse
+        their output buffers); on ``"cuda"`` it is the last layer's device buffer.
+        """
         for layer in self.layers:
             x = layer.forward(x)
-        return x
+        return x.copy() if isinstance(x, np.ndarray) else x
 
     __call__ = forward
 
@@ -44,8 +48,17 @@ class Sequential:
         Returns d(loss)/d(input) if ``need_input_grad``, else None (and the
         first layer then skips computing it).
         """
+        applied = False  # whether dout already carries the derivative of layer i's fused ReLU
         for i in range(len(self.layers) - 1, -1, -1):
-            dout = self.layers[i].backward(dout, need_input_grad=need_input_grad or i > 0)
+            layer = self.layers[i]
+            need = need_input_grad or i > 0
+            if isinstance(layer, MaxPool2D) and i > 0 and _fused_relu(self.layers[i - 1]):
+                # Fold the previous layer's ReLU backward into the pool's pass.
+                dout, applied = layer.backward(dout, need, relu_before=True), True
+            elif _fused_relu(layer):
+                dout, applied = layer.backward(dout, need, activation_applied=applied), False
+            else:
+                dout, applied = layer.backward(dout, need), False
         return dout
 
     # -- parameters ---------------------------------------------------------
@@ -118,6 +131,10 @@ class Sequential:
         self.load_state_dict(load_npz(path), source=str(path))
 
 
+def _fused_relu(layer: Layer) -> bool:
+    return getattr(layer, "activation", None) == "relu"
+
+
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -170,23 +187,21 @@ def reference_cnn(seed: int = 0, backend: str = "parallel", dtype: object = np.f
                   num_classes: int = 10) -> Sequential:
     """The CNN of the TensorFlow/Keras CIFAR-10 tutorial (122,570 parameters).
 
-    Conv 3->32 3x3, ReLU, MaxPool 2, Conv 32->64 3x3, ReLU, MaxPool 2,
-    Conv 64->64 3x3, ReLU, Flatten, Dense 1024->64, ReLU, Dense 64->10.
+    Conv 3->32 3x3 + ReLU, MaxPool 2, Conv 32->64 3x3 + ReLU, MaxPool 2,
+    Conv 64->64 3x3 + ReLU, Flatten, Dense 1024->64 + ReLU, Dense 64->10 (logits).
+    As in the tutorial's Keras code, each ReLU is the ``activation`` of its
+    Conv2D/Dense layer (fused into the kernel) rather than a layer of its own.
     Glorot-uniform weights from ``np.random.default_rng(seed)``, zero biases.
     """
     rng = np.random.default_rng(seed)
     kw = dict(backend=backend, dtype=dtype)
     return Sequential([
-        Conv2D(3, 32, 3, rng=rng, name="conv1", **kw),
-        ReLU(name="relu1", **kw),
+        Conv2D(3, 32, 3, activation="relu", rng=rng, name="conv1", **kw),
         MaxPool2D(2, name="pool1", **kw),
-        Conv2D(32, 64, 3, rng=rng, name="conv2", **kw),
-        ReLU(name="relu2", **kw),
+        Conv2D(32, 64, 3, activation="relu", rng=rng, name="conv2", **kw),
         MaxPool2D(2, name="pool2", **kw),
-        Conv2D(64, 64, 3, rng=rng, name="conv3", **kw),
-        ReLU(name="relu3", **kw),
+        Conv2D(64, 64, 3, activation="relu", rng=rng, name="conv3", **kw),
         Flatten(name="flatten", **kw),
-        Dense(64 * 4 * 4, 64, rng=rng, name="dense1", **kw),
-        ReLU(name="relu4", **kw),
+        Dense(64 * 4 * 4, 64, activation="relu", rng=rng, name="dense1", **kw),
         Dense(64, num_classes, rng=rng, name="dense2", **kw),
     ])

@@ -61,11 +61,15 @@ def distinct(rng, shape, gap=1e-2):
 
 def check_layer(layer, x: np.ndarray, rng: np.random.Generator) -> None:
     out = layer.forward(x)
+    mask = (out > 0).tobytes()  # which side of a fused ReLU's kink each output is on
     r = rng.standard_normal(out.shape)
-    dx = layer.backward(r.copy())
+    dx = layer.backward(r.copy()).copy()  # copy: layers reuse their buffers
 
     def objective() -> float:
-        return float((layer.forward(x) * r).sum())
+        out = layer.forward(x)
+        if getattr(layer, "activation", None):
+            assert (out > 0).tobytes() == mask, "a perturbation crossed the ReLU kink"
+        return float((out * r).sum())
 
     for name, value, ana in [("input", x, dx)] + [(p.name, p.value, p.grad.copy())
                                                    for p in layer.params()]:
@@ -79,15 +83,18 @@ CONV_GEOMETRIES = [
     dict(cin=1, cout=2, k=3, stride=1, padding=0, hw=(5, 5)),
     dict(cin=3, cout=4, k=3, stride=1, padding="same", hw=(6, 7)),
     dict(cin=2, cout=3, k=(3, 2), stride=2, padding=(1, 1), hw=(7, 6)),
+    dict(cin=2, cout=3, k=3, stride=1, padding=1, hw=(5, 6), activation="relu"),
 ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("geo", CONV_GEOMETRIES, ids=lambda g: f"{g['k']}-s{g['stride']}")
+@pytest.mark.parametrize("geo", CONV_GEOMETRIES,
+                         ids=lambda g: f"{g['k']}-s{g['stride']}-{g.get('activation')}")
 def test_conv2d(backend, geo):
     rng = np.random.default_rng(0)
     layer = sc.Conv2D(geo["cin"], geo["cout"], geo["k"], stride=geo["stride"],
-                      padding=geo["padding"], rng=rng, backend=backend, dtype=F64)
+                      padding=geo["padding"], activation=geo.get("activation"), rng=rng,
+                      backend=backend, dtype=F64)
     layer.bias.value[:] = rng.standard_normal(geo["cout"])
     check_layer(layer, rng.standard_normal((2, geo["cin"], *geo["hw"])), rng)
 
@@ -100,10 +107,11 @@ def test_maxpool2d(backend, pool, stride):
     check_layer(layer, distinct(rng, (2, 3, 7, 8)), rng)
 
 
+@pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_dense(backend):
+def test_dense(backend, activation):
     rng = np.random.default_rng(2)
-    layer = sc.Dense(13, 5, rng=rng, backend=backend, dtype=F64)
+    layer = sc.Dense(13, 5, activation=activation, rng=rng, backend=backend, dtype=F64)
     layer.bias.value[:] = rng.standard_normal(5)
     check_layer(layer, rng.standard_normal((4, 13)), rng)
 
@@ -138,6 +146,8 @@ def _kinks(model) -> bytes:
     for layer in model.layers:
         if isinstance(layer, sc.ReLU):
             parts.append((layer._x > 0).tobytes())
+        if getattr(layer, "activation", None) == "relu":  # fused: output > 0 <=> input > 0
+            parts.append((layer._out > 0).tobytes())
         if isinstance(layer, sc.MaxPool2D):
             parts.append(layer._argmax.tobytes())
     return b"".join(parts)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from scratchcnn.kernels import parallel, serial
+from scratchcnn.kernels.conv import conv2d_workspace_shapes
 
 import reference as ref
+from kernel_args import conv_workspaces
 
 BACKENDS = [serial, parallel]
 DTYPES = [np.float64, np.float32]
@@ -58,6 +60,10 @@ def _close(got, want, dtype):
     np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype] * scale)
 
 
+def _divisors(n: int) -> list[int]:
+    return [g for g in range(1, n + 1) if n % g == 0]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
 @pytest.mark.parametrize("case", ALL_CONV, ids=str)
@@ -69,20 +75,24 @@ def test_conv2d(case, be, dtype):
     be.conv2d_forward_direct(x, wt, b, sh, sw, ph, pw, out)
     _close(out, want, dtype)
 
-    p = want.shape[2] * want.shape[3]
-    cols = np.full((n, c * kh * kw, p), np.nan, dtype)
-    out = np.full(want.shape, np.nan, dtype)
-    be.conv2d_forward(x, wt, b, sh, sw, ph, pw, cols, out)
-    _close(out, want, dtype)
-
     dx_want, dw_want, db_want = ref.conv2d_backward(x, wt, dout, (sh, sw), (ph, pw))
-    dx = np.full(x.shape, np.nan, dtype)
-    be.conv2d_backward_input(dout, wt, sh, sw, ph, pw, np.empty_like(cols), dx)
-    _close(dx, dx_want, dtype)
-    dw, db = np.full(wt.shape, np.nan, dtype), np.full(b.shape, np.nan, dtype)
-    be.conv2d_backward_weight(dout, cols, np.empty((n, f, c * kh * kw), dtype), dw, db)
-    _close(dw, dw_want, dtype)
-    _close(db, db_want, dtype)
+    # Every sample-group size the fast kernels may use: 1 (a product per
+    # sample), N (one product for the batch) and any divisor in between.
+    for group in _divisors(n):
+        ws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (sh, sw), (ph, pw),
+                             dtype, group)
+        for relu in (False, True):
+            out = np.full(want.shape, np.nan, dtype)
+            be.conv2d_forward(x, wt, b, sh, sw, ph, pw, relu, ws["wb"], ws["cols"],
+                              ws["gemm_out"], out)
+            _close(out, np.maximum(want, 0) if relu else want, dtype)
+        dx = np.full(x.shape, np.nan, dtype)
+        be.conv2d_backward_input(dout, wt, sh, sw, ph, pw, ws["gemm_out"], ws["dcols"], dx)
+        _close(dx, dx_want, dtype)
+        dw, db = np.full(wt.shape, np.nan, dtype), np.full(b.shape, np.nan, dtype)
+        be.conv2d_backward_weight(dout, ws["cols"], ws["gemm_out"], ws["partial"], dw, db)
+        _close(dw, dw_want, dtype)
+        _close(db, db_want, dtype)
 
 
 # (N, C, H, W, KH, KW, sh, sw)
@@ -102,8 +112,9 @@ POOL_CASES = [
 def test_maxpool2d(case, be, dtype):
     n, c, h, w, kh, kw, sh, sw = case
     rng = np.random.default_rng(1)
-    # Small integers: plenty of ties, which must go to the first maximum.
-    x = rng.integers(0, 4, size=(n, c, h, w)).astype(dtype)
+    # Small integers: plenty of ties, which must go to the first maximum, and of
+    # windows whose maximum is <= 0 (dropped by the fused-ReLU backward).
+    x = rng.integers(-2, 3, size=(n, c, h, w)).astype(dtype)
     want, where = ref.maxpool2d_forward(x, (kh, kw), (sh, sw))
     out = np.full(want.shape, np.nan, dtype)
     argmax = np.full(want.shape, -1, np.int64)
@@ -112,9 +123,12 @@ def test_maxpool2d(case, be, dtype):
     np.testing.assert_array_equal(argmax, where)
 
     dout = rng.standard_normal(want.shape).astype(dtype)
-    dx = np.full(x.shape, np.nan, dtype)
-    be.maxpool2d_backward(dout, argmax, dx)
-    _close(dx, ref.maxpool2d_backward(dout, where, x.shape), dtype)
+    for relu in (False, True):
+        dx = np.full(x.shape, np.nan, dtype)
+        be.maxpool2d_backward(dout, argmax, out, relu, dx)
+        # relu: the layer before had a fused ReLU, whose derivative is 0 where x <= 0
+        want_dx = ref.maxpool2d_backward(dout, where, x.shape)
+        _close(dx, ref.relu_backward(x, want_dx) if relu else want_dx, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -127,9 +141,11 @@ def test_dense(shape, be, dtype):
     w = rng.standard_normal((i, o)).astype(dtype)
     b = rng.standard_normal(o).astype(dtype)
     dy = rng.standard_normal((n, o)).astype(dtype)
-    out = np.full((n, o), np.nan, dtype)
-    be.dense_forward(x, w, b, out)
-    _close(out, ref.dense_forward(x, w, b), dtype)
+    for relu in (False, True):
+        out = np.full((n, o), np.nan, dtype)
+        be.dense_forward(x, w, b, relu, out)
+        want = ref.dense_forward(x, w, b)
+        _close(out, np.maximum(want, 0) if relu else want, dtype)
     dx_want, dw_want, db_want = ref.dense_backward(x, w, dy)
     dx = np.full(x.shape, np.nan, dtype)
     be.dense_backward_input(dy, w, dx)

@@ -12,8 +12,10 @@ import pytest
 
 import scratchcnn as sc
 from scratchcnn.kernels import parallel, serial
+from scratchcnn.kernels.conv import conv2d_workspace_shapes
 
 from conftest import THREAD_COUNTS
+from kernel_args import conv_workspaces
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -50,22 +52,33 @@ def test_conv_kernels(shape, nthreads, numba_threads):
     wt = rng.standard_normal((f, c, k, k), dtype=np.float32)
     b = rng.standard_normal(f, dtype=np.float32)
     dout = rng.standard_normal((n, f, oh, ow), dtype=np.float32)
-    cols = np.zeros((n, c * k * k, oh * ow), np.float32)
-    serial.conv2d_forward(x, wt, b, s, s, p, p, cols, np.empty((n, f, oh, ow), np.float32))
 
     def out():
         return np.empty((n, f, oh, ow), np.float32)
 
     _run("conv2d_forward_direct", lambda: (x, wt, b, s, s, p, p, out()), [7], numba_threads,
          nthreads)
-    _run("conv2d_forward", lambda: (x, wt, b, s, s, p, p, np.empty_like(cols), out()), [7, 8],
-         numba_threads, nthreads)
-    _run("conv2d_backward_input",
-         lambda: (dout, wt, s, s, p, p, np.empty_like(cols), np.empty_like(x)), [7],
-         numba_threads, nthreads)
-    _run("conv2d_backward_weight",
-         lambda: (dout, cols, np.empty((n, f, c * k * k), np.float32), np.empty_like(wt),
-                  np.empty_like(b)), [3, 4], numba_threads, nthreads)
+    # The groups the layers would use, and one sample per group (both parallel paths).
+    for group in sorted({None, 1}, key=str):
+        ws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (s, s), (p, p),
+                             np.float32, group)
+        serial.conv2d_forward(x, wt, b, s, s, p, p, True, ws["wb"], ws["cols"], ws["gemm_out"],
+                              out())
+
+        def fresh(key, ws=ws):
+            return ws[key].copy()
+
+        _run("conv2d_forward",
+             lambda fresh=fresh: (x, wt, b, s, s, p, p, True, fresh("wb"), fresh("cols"),
+                                  fresh("gemm_out"), out()), [8, 9, 10, 11], numba_threads,
+             nthreads)
+        _run("conv2d_backward_input",
+             lambda fresh=fresh: (dout, wt, s, s, p, p, fresh("gemm_out"), fresh("dcols"),
+                                  np.empty_like(x)), [7, 8], numba_threads, nthreads)
+        _run("conv2d_backward_weight",
+             lambda fresh=fresh: (dout, fresh("cols"), fresh("gemm_out"), fresh("partial"),
+                                  np.empty_like(wt), np.empty_like(b)), [3, 4, 5],
+             numba_threads, nthreads)
 
 
 @pytest.mark.parametrize("nthreads", THREAD_COUNTS)
@@ -75,10 +88,12 @@ def test_other_kernels(nthreads, numba_threads):
     _run("maxpool2d_forward",
          lambda: (x, 2, 2, 2, 2, np.empty((8, 32, 15, 15), np.float32),
                   np.empty((8, 32, 15, 15), np.int64)), [5, 6], numba_threads, nthreads)
-    am = np.empty((8, 32, 15, 15), np.int64)
-    serial.maxpool2d_forward(x, 2, 2, 2, 2, np.empty(am.shape, np.float32), am)
+    am, pooled = np.empty((8, 32, 15, 15), np.int64), np.empty((8, 32, 15, 15), np.float32)
+    serial.maxpool2d_forward(x, 2, 2, 2, 2, pooled, am)
     dp = rng.standard_normal(am.shape, dtype=np.float32)
-    _run("maxpool2d_backward", lambda: (dp, am, np.empty_like(x)), [2], numba_threads, nthreads)
+    for relu in (False, True):
+        _run("maxpool2d_backward", lambda relu=relu: (dp, am, pooled, relu, np.empty_like(x)),
+             [4], numba_threads, nthreads)
 
     flat = x.reshape(-1)
     _run("relu_forward", lambda: (flat, np.empty_like(flat)), [1], numba_threads, nthreads)
@@ -89,7 +104,7 @@ def test_other_kernels(nthreads, numba_threads):
     wd = rng.standard_normal((1024, 64), dtype=np.float32)
     bd = rng.standard_normal(64, dtype=np.float32)
     dy = rng.standard_normal((8, 64), dtype=np.float32)
-    _run("dense_forward", lambda: (xd, wd, bd, np.empty((8, 64), np.float32)), [3],
+    _run("dense_forward", lambda: (xd, wd, bd, True, np.empty((8, 64), np.float32)), [4],
          numba_threads, nthreads)
     _run("dense_backward_input", lambda: (dy, wd, np.empty_like(xd)), [2], numba_threads,
          nthreads)

@@ -26,6 +26,7 @@ import pytest
 
 import scratchcnn as sc
 from scratchcnn.kernels import KERNEL_NAMES, get_backend, serial
+from scratchcnn.kernels.conv import conv2d_workspace_shapes
 
 from conftest import write_fake_cifar_files
 
@@ -123,31 +124,39 @@ def test_conv_kernels(cu, case):
     dout = rng.standard_normal((n, f, oh, ow), dtype=F32)
     dx_, wt_, b_, dout_ = (cu.to_device(a) for a in (x, wt, b, dout))
 
-    # forward: im2col + product (fills cols), and the direct loop nest
-    cols, out = np.empty((n, k, p), F32), np.empty((n, f, oh, ow), F32)
-    serial.conv2d_forward(x, wt, b, sh, sw, ph, pw, cols, out)
-    cols_, out_ = cu.empty((n, k, p), F32), cu.empty((n, f, oh, ow), F32)
-    cu.conv2d_forward(dx_, wt_, b_, sh, sw, ph, pw, cols_, out_)
-    assert (cu.to_host(cols_) == cols).all()  # im2col is a pure copy
-    close(cu.to_host(out_), out)
+    # forward: im2col + product (fills cols), and the direct loop nest; relu fused or not
+    ws = conv2d_workspace_shapes(n, c, h, w, f, kh, kw, sh, sw, ph, pw)
+    cpu = {key: np.empty(shape, F32) for key, shape in ws.items()}
+    cws = cu.conv2d_workspace_shapes(n, c, h, w, f, kh, kw, sh, sw, ph, pw)
+    dev = {key: cu.empty(shape, F32) for key, shape in cws.items()}
+    for relu in (True, False):  # ends with relu=False: cols and out feed the checks below
+        out = np.empty((n, f, oh, ow), F32)
+        serial.conv2d_forward(x, wt, b, sh, sw, ph, pw, relu, cpu["wb"], cpu["cols"],
+                              cpu["gemm_out"], out)
+        out_ = cu.empty((n, f, oh, ow), F32)
+        cu.conv2d_forward(dx_, wt_, b_, sh, sw, ph, pw, relu, dev["wb"], dev["cols"],
+                          dev["gemm_out"], out_)
+        close(cu.to_host(out_), out)
+    cols_ = dev["cols"]
+    assert cu.to_host(cols_).shape == (n, k, p)  # the CUDA im2col layout: one matrix per sample
     direct_ = cu.empty((n, f, oh, ow), F32)
     cu.conv2d_forward_direct(dx_, wt_, b_, sh, sw, ph, pw, direct_)
     close(cu.to_host(direct_), out)
 
-    # input gradient (the CUDA kernel gathers; dcols is unused there)
+    # input gradient (the CUDA kernel gathers; the CPU workspaces are unused there)
     dx = np.empty_like(x)
-    serial.conv2d_backward_input(dout, wt, sh, sw, ph, pw, np.empty_like(cols), dx)
+    serial.conv2d_backward_input(dout, wt, sh, sw, ph, pw, cpu["gemm_out"], cpu["dcols"], dx)
     ddx_ = cu.empty(x.shape, F32)
-    cu.conv2d_backward_input(dout_, wt_, sh, sw, ph, pw, cu.empty(cols.shape, F32), ddx_)
+    cu.conv2d_backward_input(dout_, wt_, sh, sw, ph, pw, dev["gemm_out"], dev["dcols"], ddx_)
     close(cu.to_host(ddx_), dx)
 
     # weight and bias gradients: one block per weight and per batch chunk, one atomic each;
     # samples_per_block=1 makes every sample its own block (N atomics per weight)
     dw, db = np.empty_like(wt), np.empty_like(b)
-    serial.conv2d_backward_weight(dout, cols, np.empty((n, f, k), F32), dw, db)
+    serial.conv2d_backward_weight(dout, cpu["cols"], cpu["gemm_out"], cpu["partial"], dw, db)
     for spb in (8, 1):
         dw_, db_ = cu.empty(wt.shape, F32), cu.empty(b.shape, F32)
-        cu.conv2d_backward_weight(dout_, cols_, cu.empty((n, f, k), F32), dw_, db_,
+        cu.conv2d_backward_weight(dout_, cols_, dev["gemm_out"], dev["partial"], dw_, db_,
                                   samples_per_block=spb)
         close(cu.to_host(dw_), dw)
         close(cu.to_host(db_), db)
@@ -173,11 +182,12 @@ def test_maxpool_kernels(cu, case):
     cu.maxpool2d_forward(cu.to_device(x), kh, kw, sh, sw, out_, am_)
     assert (cu.to_host(out_) == out).all()
     assert (cu.to_host(am_) == am).all()  # same tie rule: the first maximum wins
-    dx = np.empty_like(x)
-    serial.maxpool2d_backward(dout, am, dx)
-    dx_ = cu.empty(x.shape, F32)
-    cu.maxpool2d_backward(cu.to_device(dout), am_, dx_)
-    close(cu.to_host(dx_), dx)
+    for relu in (False, True):
+        dx = np.empty_like(x)
+        serial.maxpool2d_backward(dout, am, out, relu, dx)
+        dx_ = cu.empty(x.shape, F32)
+        cu.maxpool2d_backward(cu.to_device(dout), am_, out_, relu, dx_)
+        close(cu.to_host(dx_), dx)
 
 
 def test_dense_kernels(cu):
@@ -187,10 +197,11 @@ def test_dense_kernels(cu):
     b = rng.standard_normal(5, dtype=F32)
     dy = rng.standard_normal((3, 5), dtype=F32)
     x_, w_, b_, dy_ = (cu.to_device(a) for a in (x, w, b, dy))
-    out, out_ = np.empty((3, 5), F32), cu.empty((3, 5), F32)
-    serial.dense_forward(x, w, b, out)
-    cu.dense_forward(x_, w_, b_, out_)
-    close(cu.to_host(out_), out)
+    for relu in (False, True):
+        out, out_ = np.empty((3, 5), F32), cu.empty((3, 5), F32)
+        serial.dense_forward(x, w, b, relu, out)
+        cu.dense_forward(x_, w_, b_, relu, out_)
+        close(cu.to_host(out_), out)
     dx, dx_ = np.empty_like(x), cu.empty(x.shape, F32)
     serial.dense_backward_input(dy, w, dx)
     cu.dense_backward_input(dy_, w_, dx_)
