@@ -1,0 +1,160 @@
+"""The docs stay true: code quotes, generated tables, links, runnable snippets, examples.
+
+- every ``<!-- code: file::symbol -->`` / ``<!-- code: file:A-B -->`` quote in
+  docs/*.md and README.md matches the current source (docs/sync_includes.py);
+- every ``<!-- include: path -->`` block equals its file (rerun
+  ``python docs/sync_includes.py`` after regenerating results);
+- every relative link and image resolves to an existing path;
+- every ```` ```python runnable ```` / ```` ```bash runnable ```` block runs with exit
+  status 0 (bash from the repository root, this interpreter first on PATH;
+  blocks that mention SCRATCHCNN_DATA are skipped without the real dataset);
+- the correct kernels of docs/examples/racy_weight_grad.py give exact sums,
+  and its racy kernel is right on one thread. Whether the racy kernel goes
+  wrong on several threads depends on timing, so it is not asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = os.environ.get("SCRATCHCNN_DATA")
+HAVE_DATA = bool(DATA) and (Path(DATA) / "cifar-10-batches-py" / "batches.meta").is_file()
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # numba's cache and dataclasses look the module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+docs = _load("docs_sync_includes", ROOT / "docs" / "sync_includes.py")
+DOCS = docs.doc_files(ROOT)
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(ROOT))
+
+
+def _items(extract):
+    return [pytest.param(doc, item, id=f"{_rel(doc)}:{i}")
+            for doc in DOCS for i, item in enumerate(extract(doc.read_text()))]
+
+
+def test_the_guide_exists_and_uses_every_mechanism():
+    text = (ROOT / "docs" / "guide.md").read_text()
+    assert docs.code_refs(text) and docs.includes(text) and docs.runnable_snippets(text)
+
+
+@pytest.mark.parametrize(("doc", "ref"), _items(docs.code_refs))
+def test_code_quote_matches_source(doc, ref):
+    err = docs.check_code_ref(ref, ROOT)
+    assert err is None, f"{_rel(doc)}: {err}"
+
+
+@pytest.mark.parametrize(("doc", "inc"), _items(docs.includes))
+def test_include_block_equals_its_file(doc, inc):
+    path = ROOT / inc["path"]
+    assert path.is_file(), f"{_rel(doc)} includes a missing file {inc['path']}"
+    content = path.read_text()
+    if content and not content.endswith("\n"):
+        content += "\n"
+    assert inc["body"] == content, (f"{_rel(doc)}: the include of {inc['path']} is stale: "
+                                    f"run python docs/sync_includes.py")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_rel)
+def test_relative_links_resolve(doc):
+    missing = [t for t in docs.relative_links(doc.read_text())
+               if not (doc.parent / t).exists()]
+    assert not missing, f"{_rel(doc)}: links to missing paths: {missing}"
+
+
+def _github_slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_rel)
+def test_anchors_resolve(doc):
+    """Links to #anchors (in this file or in another .md file) name an existing heading."""
+    text = doc.read_text()
+    wrong = []
+    for target in docs.LINK_RE.findall(docs.FENCE_RE.sub("", text)):
+        if "#" not in target or re.match(r"[a-z]+:", target):
+            continue
+        path, anchor = target.split("#", 1)
+        md = doc if not path else doc.parent / path
+        if md.suffix != ".md" or not md.is_file():
+            continue
+        headings = re.findall(r"^#+ (.+)$", docs.FENCE_RE.sub("", md.read_text()), re.M)
+        if anchor not in {_github_slug(h) for h in headings}:
+            wrong.append(target)
+    assert not wrong, f"{_rel(doc)}: anchors without a heading: {wrong}"
+
+
+def test_sync_check_is_clean():
+    r = subprocess.run([sys.executable, str(ROOT / "docs" / "sync_includes.py"), "--check"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("doc", "snippet"), _items(docs.runnable_snippets))
+def test_runnable_snippet(doc, snippet, tmp_path):
+    if "SCRATCHCNN_DATA" in snippet.code and not HAVE_DATA:
+        pytest.skip("needs the real CIFAR-10: set SCRATCHCNN_DATA to the folder that contains "
+                    "cifar-10-batches-py/")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}"
+                                f"{os.environ.get('PATH', '')}", TMPDIR=str(tmp_path),
+               MPLBACKEND="Agg")
+    code = textwrap.dedent(snippet.code)
+    cmd = [sys.executable, "-c", code] if snippet.lang == "python" else ["bash", "-e", "-c", code]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 0, (f"{_rel(doc)} line {snippet.line} ({snippet.lang}) exited "
+                               f"{r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+
+
+def test_docs_is_not_an_installed_package():
+    assert not (ROOT / "docs" / "__init__.py").exists()
+    assert not (ROOT / "docs" / "examples" / "__init__.py").exists()
+    setup = (ROOT / "setup.cfg").read_text()
+    assert "docs" not in setup.split("[options]", 1)[1].split("[", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def racy():
+    return _load("docs_racy_weight_grad", ROOT / "docs" / "examples" / "racy_weight_grad.py")
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+def test_racy_example_correct_kernels_are_exact(racy, nthreads, numba_threads):
+    numba_threads(nthreads)
+    n = 4096
+    r = racy.run(n=n, features=16, outputs=3, repeats=2, versions=("own_rows", "chunk_partials"))
+    for name, res in r.items():
+        assert res["wrong_runs"] == 0 and res["smallest_sum"] == n, name
+
+
+def test_racy_example_correct_kernels_are_thread_count_independent(racy, numba_threads):
+    numba_threads(1)
+    one = racy.fingerprints()
+    numba_threads(3)
+    assert racy.fingerprints() == one
+
+
+def test_racy_kernel_is_right_on_one_thread(racy, numba_threads):
+    numba_threads(1)
+    n = 4096
+    res = racy.run(n=n, features=16, outputs=3, repeats=3, versions=("racy",))["racy"]
+    assert res["wrong_runs"] == 0 and res["smallest_sum"] == n and res["lost_updates"] == 0
