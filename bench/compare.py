@@ -202,9 +202,12 @@ def make_runs(args, names: list[str]) -> list:
     for name in names:
         backend, _, n = name.partition("@")
         if backend == "torch":
-            from torch_ref import TorchRun
+            from torch_ref import TorchProcessRun
 
-            runs.append(TorchRun(int(n), args.seed))
+            loader_args = {k: getattr(args, k) for k in (
+                "data_dir", "limit_train", "limit_test", "batch_size", "augment",
+                "loader_threads", "prefetch")}
+            runs.append(TorchProcessRun(int(n), args.seed, loader_args))
         else:
             instrument = args.breakdown == "all" or args.breakdown == name
             runs.append(ScratchRun(backend, int(n or 1), args.seed, instrument=instrument))
@@ -240,6 +243,8 @@ def run_schedule(args, names, train_loader, test_loader) -> dict:
                       f"wait {res.wait_seconds:5.2f} s  test acc {100 * test_acc:5.2f}%",
                       flush=True)
         serial = runs["serial"].weights()
+        for run in runs.values():  # stop child processes (torch) before the next repeat
+            getattr(run, "close", lambda: None)()
         for name, run in runs.items():
             w = run.weights()
             raw[name]["bit_equal"].append(None if w is None else _same(w, serial))
@@ -518,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                      "breakdown": args.breakdown,
                      "schedule": "for each repeat (fresh models), for each epoch, for each "
                                  "configuration (order rotated by one per repeat): train one "
-                                 "epoch (timed), then evaluate (timed separately)"},
+                                 "epoch (timed), then evaluate (timed separately); PyTorch "
+                                 "configurations run in child processes of their own"},
         "machine": machine, "gemm_peak": peak, "flops": flops, "warm_up": warm,
         "configurations": configs, "versus_torch": versus_torch(configs),
     }

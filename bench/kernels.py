@@ -72,8 +72,8 @@ def cases(n: int):
         o = h // 2
         y, am = np.empty((n, c, o, o), f32), np.empty((n, c, o, o), np.int64)
         out += [(f"{name} forward", "maxpool2d_forward", (x, 2, 2, 2, 2, y, am), n * c * o * o * 4),
-                (f"{name} backward", "maxpool2d_backward", (arr(n, c, o, o), am, np.empty_like(x)),
-                 n * c * o * o)]
+                (f"{name} backward (+ReLU mask)", "maxpool2d_backward",
+                 (arr(n, c, o, o), am, y, True, np.empty_like(x)), n * c * o * o)]
     size = n * 32 * 30 * 30
     x = arr(size)
     out += [("relu1 forward", "relu_forward", (x, np.empty_like(x)), size),

@@ -136,3 +136,100 @@ def warm_up_torch(threads: int) -> dict:
 
 def torch_version() -> str:
     return torch.__version__
+
+
+class TorchProcessRun:
+    """A ``TorchRun`` living in a child process of its own, driven over a pipe.
+
+    PyTorch and Numba each bring an OpenMP runtime. In one process, measured
+    here, torch@2 ran ~1.5x slower after Numba's parallel runs than on its own,
+    while torch@1 and our runs were unaffected: the two runtimes' thread pools
+    get in each other's way. A user runs one library at a time, so each torch
+    configuration gets its own process (started with ``spawn``: no fork after
+    an OpenMP region). The child builds the same loaders from the same data and
+    seed, so it trains on exactly the same batches. Only ``train_epoch`` is
+    timed, inside the child, exactly as in-process; start-up is not counted.
+    """
+
+    kind = "torch"
+    backend = "torch"
+
+    def __init__(self, threads: int, seed: int, loader_args: dict) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.threads, self.name, self.timers = threads, f"torch@{threads}", None
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, threads, seed, loader_args),
+                                 daemon=True, name=f"bench-{self.name}")
+        self._proc.start()
+        child.close()
+        kind, value = self._conn.recv()  # the child's set-up result
+        if kind == "error":
+            raise RuntimeError(f"{self.name} (child process): {value}")
+
+    def _call(self, *msg):
+        self._conn.send(msg)
+        kind, value = self._conn.recv()
+        if kind == "error":
+            raise RuntimeError(f"{self.name} (child process): {value}")
+        return value
+
+    def train_epoch(self, loader: BatchLoader, epoch: int) -> EpochResult:
+        return self._call("train", epoch)
+
+    def evaluate(self, loader: BatchLoader) -> tuple[float, float]:
+        return self._call("evaluate")
+
+    def weights(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._conn.send(("stop",))
+            self._proc.join(30)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _serve(conn, threads: int, seed: int, loader_args: dict) -> None:
+    """Child process: build data, loaders and a TorchRun, then answer the parent's calls."""
+    import traceback
+
+    from compare import load_data
+    from harness import EVAL_BATCH_SIZE, warm_up_loader
+
+    try:
+        a = loader_args
+        train_x, train_y, test_x, test_y = load_data(a["data_dir"], a["limit_train"],
+                                                     a["limit_test"])
+        train_loader = BatchLoader(train_x, train_y, a["batch_size"], shuffle=True, seed=seed,
+                                   augment=a["augment"], threads=a["loader_threads"],
+                                   prefetch=a["prefetch"])
+        test_loader = BatchLoader(test_x, test_y, EVAL_BATCH_SIZE, shuffle=False,
+                                  threads=a["loader_threads"], prefetch=a["prefetch"])
+        warm_up_loader()  # the loader's Numba kernels: compiled/loaded before any timing
+        warm_up_torch(threads)
+        run = TorchRun(threads, seed)
+    except Exception:
+        conn.send(("error", traceback.format_exc(limit=3)))
+        return
+    conn.send(("ok", None))
+    with train_loader, test_loader:
+        while True:
+            msg = conn.recv()
+            try:
+                if msg[0] == "stop":
+                    return
+                if msg[0] == "ready":
+                    conn.send(("ok", None))
+                elif msg[0] == "train":
+                    conn.send(("ok", run.train_epoch(train_loader, msg[1])))
+                elif msg[0] == "evaluate":
+                    conn.send(("ok", run.evaluate(test_loader)))
+            except Exception:
+                conn.send(("error", traceback.format_exc(limit=3)))

@@ -24,13 +24,25 @@ def is_device_array(x: object) -> bool:
     return not isinstance(x, np.ndarray) and hasattr(x, "copy_to_host") and hasattr(x, "dtype")
 
 
+class _Spec:
+    """A shape spec whose text is built lazily, in f-strings of error messages."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: ShapeSpec) -> None:
+        self.spec = spec
+
+    def __format__(self, _: str) -> str:
+        return format_spec(self.spec)
+
+
 def check_array(layer: str, x: object, spec: ShapeSpec, dtype: np.dtype) -> np.ndarray:
     """Check that ``x`` is a C-contiguous ``dtype`` array matching ``spec``; return it.
 
     ``x`` is a NumPy array or a CUDA device array (CUDA backend).
     Raises ``ValueError`` naming the layer, the expected and the received shape.
     """
-    want = format_spec(spec)
+    want = _Spec(spec)  # formatted only if an error message needs it (hot path)
     device = is_device_array(x)
     if not isinstance(x, np.ndarray) and not device:
         raise ValueError(f"{layer}: expected a numpy array of shape {want}, got {type(x).__name__}")

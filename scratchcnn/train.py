@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 PROG = "python -m scratchcnn.train"
+_LAUNCH = time.perf_counter()  # when this module was imported: the start of a CLI run
 
 #: Flags that define a run; a resumed run keeps the checkpoint's values.
 RUN_DEFAULTS: dict[str, Any] = {
@@ -306,6 +307,7 @@ class Trainer:
               f"{a.backend}, {_compute_units(a)}, "
               f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
 
+        first_batch_seconds, startup_recorded = None, False
         stop = StopRequested()
         loader = BatchLoader(train_x, train_y, settings["batch_size"], shuffle=True,
                              seed=settings["seed"], augment=settings["augment"],
@@ -321,6 +323,10 @@ class Trainer:
                            disable=True if a.no_progress else None)
                 t_start = time.perf_counter()
                 for b, (x, y) in enumerate(loader.epoch(epoch, start=skip), start=skip):
+                    if first_batch_seconds is None:
+                        first_batch_seconds = time.perf_counter() - _LAUNCH
+                        print(f"first batch {first_batch_seconds:.1f} s after launch (data "
+                              f"loading, Numba import and JIT warm-up included)", flush=True)
                     logits = model.forward(x)
                     batch_loss = loss.forward(logits, y)
                     if not math.isfinite(batch_loss):
@@ -369,6 +375,9 @@ class Trainer:
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     "resumed_mid_epoch": bool(skip),
                 }
+                if not startup_recorded:  # the first epoch this process trained
+                    row["seconds_to_first_batch"] = first_batch_seconds
+                    startup_recorded = True
                 metrics.append(row)
                 progress.epoch, progress.batch, progress.partial = epoch, 0, {}
                 if test_acc > progress.best_test_acc:
