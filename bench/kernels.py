@@ -76,8 +76,9 @@ def cases(n: int):
                  (arr(n, c, o, o), am, y, True, np.empty_like(x)), n * c * o * o)]
     size = n * 32 * 30 * 30
     x = arr(size)
-    out += [("relu1 forward", "relu_forward", (x, np.empty_like(x)), size),
-            ("relu1 backward", "relu_backward", (x, arr(size), np.empty_like(x)), size)]
+    out += [("ReLU forward (32x30x30 per image)", "relu_forward", (x, np.empty_like(x)), size),
+            ("ReLU backward / mask (same size)", "relu_backward", (x, arr(size), np.empty_like(x)),
+             size)]
     for name, i, o in [("dense1", 1024, 64), ("dense2", 64, 10)]:
         x, w, b, dy = arr(n, i), arr(i, o), arr(o), arr(n, o)
         flops = 2 * n * i * o
@@ -129,13 +130,12 @@ def main() -> None:
         results.append(row)
 
     info = machine_summary()
-    print(f"# Kernel benchmark: batch {args.batch}, parallel build on {args.threads} threads, "
-          f"{args.repeats} repeats")
-    print(f"# {info['cpu_model']}, {info['cpu_count']} cores, Numba {info['numba']}, "
-          f"threading layer {info['threading_layer']}")
-    print(f"# float32 GEMM peak (NumPy BLAS, {peak['size']}^2): "
-          f"{peak['one_thread_gflops']:.0f} GFLOP/s on 1 thread, "
-          f"{peak['all_threads_gflops']:.0f} GFLOP/s on {peak['all_threads']} threads\n")
+    print(f"Kernel benchmark: `python bench/kernels.py --threads {args.threads} --batch "
+          f"{args.batch} --repeats {args.repeats}`; parallel build on {args.threads} threads. "
+          f"{info['cpu_model']}, {info['cpu_count']} cores, Numba {info['numba']}, threading "
+          f"layer {info['threading_layer']}. float32 GEMM peak (NumPy BLAS, "
+          f"{peak['size']}²): {peak['one_thread_gflops']:.0f} GFLOP/s on 1 thread, "
+          f"{peak['all_threads_gflops']:.0f} on {peak['all_threads']} threads.\n")
     print("| kernel | serial ms (best / median) | serial GFLOP/s | % of 1-core peak "
           "| parallel ms (best / median) | parallel GFLOP/s | % of all-core peak | speedup |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -531,15 +531,23 @@ def softmax_cross_entropy(logits, labels, losses, dlogits):
 # ----------------------------------------------------------------------------
 # Optimizer updates on flat parameter arrays (scalars already float32)
 # ----------------------------------------------------------------------------
+_TINY = float32(1.1754943508222875e-38)  # the smallest normal float32
+
+
 @cuda.jit
 def _adam_k(p, g, m, v, alpha, beta1, beta2, eps):
     """Grid: one thread per parameter i; it reads and writes only p[i], m[i], v[i]."""
     i = cuda.grid(1)
     if i < p.size:
         gi = g[i]
-        m[i] += (gi - m[i]) * (float32(1) - beta1)
-        v[i] += (gi * gi - v[i]) * (float32(1) - beta2)
-        p[i] -= alpha * m[i] / (math.sqrt(v[i]) + eps)
+        mi = m[i] + (gi - m[i]) * (float32(1) - beta1)
+        vi = v[i] + (gi * gi - v[i]) * (float32(1) - beta2)
+        # subnormals flushed to 0, as in the CPU kernels (kernels/optim.py)
+        mi = mi if abs(mi) >= _TINY else float32(0)
+        vi = vi if abs(vi) >= _TINY else float32(0)
+        m[i] = mi
+        v[i] = vi
+        p[i] -= alpha * mi / (math.sqrt(vi) + eps)
 
 
 @cuda.jit
@@ -548,7 +556,8 @@ def _sgd_k(p, g, vel, lr, momentum, weight_decay):
     i = cuda.grid(1)
     if i < p.size:
         gi = g[i] + weight_decay * p[i]
-        vel[i] = momentum * vel[i] - lr * gi
+        vi = momentum * vel[i] - lr * gi
+        vel[i] = vi if abs(vi) >= _TINY else float32(0)
         p[i] += vel[i]
 
 

@@ -208,3 +208,20 @@ def test_adam_and_sgd_updates(be):
     be.sgd_update(ps, g, vs, dtype(0.05), dtype(0.9), dtype(1e-4))
     np.testing.assert_allclose(ps, want_p, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(vs, want_v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
+def test_optimizer_state_flushes_subnormals(be):
+    """Decaying momenta must reach 0, not linger as (slow) subnormal floats."""
+    f32 = np.float32
+    p, g = np.ones(64, f32), np.zeros(64, f32)  # a dead unit: its gradient stays 0
+    m = np.full(64, 1e-37, f32)
+    v = np.full(64, 1e-37, f32)
+    for _ in range(50):  # 0.9**50 * 1e-37 would be subnormal without the flush
+        be.adam_update(p, g, m, v, f32(1e-3), f32(0.9), f32(0.999), f32(1e-7))
+    assert not m.any() and (v == 0).sum() + (v >= np.finfo(f32).tiny).sum() == 64
+    vel = np.full(64, 1e-37, f32)
+    for _ in range(50):
+        be.sgd_update(p, g, vel, f32(0.01), f32(0.9), f32(0))
+    assert not vel.any()
+    assert np.isfinite(p).all() and (p == 1).all()  # zero state moves nothing
