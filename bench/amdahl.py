@@ -85,7 +85,7 @@ def markdown(a: dict, report: dict, command: str) -> str:
         bound = (" The fit sits at its bound f = 1: the parallel runs were no faster than the "
                  "serial one (a busy machine?), and Amdahl's law cannot describe a slowdown.")
     lines = [
-        "# Amdahl's law fitted to the measured training speedup", "",
+        "### Amdahl's law fitted to the measured training speedup", "",
         f"`{command}` — from `{report['command']}`", "",
         f"Fitted serial fraction **f = {f:.3f}** (least squares over the parallel "
         f"configurations with at most {cores} threads, the physical core count: n = {fit}). "

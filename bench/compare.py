@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown", default="all",
                    help="instrument 'all' configurations, 'none', or one by name "
                         "(e.g. parallel@2) with per-layer timers")
+    p.add_argument("--render", type=Path, metavar="JSON", default=None,
+                   help="only redraw compare.md and the plots from a saved compare.json")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     return p
 
@@ -383,7 +385,7 @@ def markdown(report: dict) -> str:
     """compare.md: the tables, with the command line and machine line on top."""
     s, f = report["settings"], report["flops"]
     lines = [
-        "# scratchcnn head to head", "",
+        "### scratchcnn head to head", "",
         f"`{report['command']}`", "",
         f"Machine: {machine_line(report['machine'], report['gemm_peak'])}.", "",
         *([f"**{w}**", ""] if (w := busy_warning(report["machine"])) else []),
@@ -418,7 +420,7 @@ def markdown(report: dict) -> str:
         "count (all-core peak from as many threads as cores). Bit-equal: every byte of every "
         "parameter after the last epoch equals the serial run's, in every repeat."]
     if report["versus_torch"]:
-        lines += ["", "## Against PyTorch (CPU), same network, same batches", "",
+        lines += ["", "#### Against PyTorch (CPU), same network, same batches", "",
                   "| threads | ours | ours s / epoch | PyTorch s / epoch | ours / PyTorch "
                   "| ours final acc | PyTorch final acc |",
                   "|---:|---|---:|---:|---:|---:|---:|"]
@@ -428,7 +430,7 @@ def markdown(report: dict) -> str:
                          f"| {v['torch_seconds']:.2f} | {v['ratio']:.2f}× ({lo:.2f}–{hi:.2f}) "
                          f"| {100 * v['ours_final_test_acc']:.2f}% "
                          f"| {100 * v['torch_final_test_acc']:.2f}% |")
-    lines += ["", "## JIT warm-up (before timing; compile or Numba cache load)", "",
+    lines += ["", "#### JIT warm-up (before timing; compile or Numba cache load)", "",
               "| what | seconds | kernels from cache | kernels compiled |", "|---|---:|---:|---:|"]
     for k, w in report["warm_up"].items():
         lines.append(f"| {k} | {w['seconds']:.2f} | {w.get('cache_hits', '—')} "
@@ -438,7 +440,7 @@ def markdown(report: dict) -> str:
         from plots import group_breakdown
 
         groups = list(group_breakdown(inst[0]["breakdown_seconds"]))
-        lines += ["", "## Where an epoch goes (mean seconds per epoch)", "",
+        lines += ["", "#### Where an epoch goes (mean seconds per epoch)", "",
                   "| part | " + " | ".join(c["name"] for c in inst) + " |",
                   "|---|" + "---:|" * len(inst)]
         grouped = [group_breakdown(c["breakdown_seconds"]) for c in inst]
@@ -455,9 +457,25 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def render(json_path: Path) -> None:
+    """Redraw compare.md and the plots next to an existing compare.json (no training)."""
+    from plots import plot_accuracy, plot_breakdown, plot_speedup
+
+    report = json.loads(json_path.read_text())
+    out = json_path.parent
+    plot_speedup(report, out / "speedup.png")
+    plot_accuracy(report, out / "accuracy.png")
+    plot_breakdown(report, out / "breakdown.png")
+    (out / "compare.md").write_text(markdown(report))
+    print(f"rendered {out}/compare.md, speedup.png, accuracy.png, breakdown.png from {json_path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.render:
+        render(args.render)
+        return 0
     started = datetime.now().isoformat(timespec="seconds")
     t_start = time.perf_counter()
     load_start = list(os.getloadavg())  # 1, 5, 15 minutes; before this process adds to it

@@ -145,12 +145,12 @@ def _t(sp: dict, fmt: str) -> str:
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
-        "# scratchcnn data loading", "", f"`{report['command']}`", "",
+        "### scratchcnn data loading", "", f"`{report['command']}`", "",
         f"Machine: {machine_line(report['machine'], report['gemm_peak'])}.", "",
         *([f"**{w}**", ""] if (w := busy_warning(report["machine"])) else []),
         f"{s['train_images']:,} training images, batch {s['batch_size']}, prefetch "
         f"{s['prefetch']}, {s['repeats']} repeat(s); median (min–max).", "",
-        "## The loader alone", "",
+        "#### The loader alone", "",
         "| loader threads | augment | batches / s | images / s |", "|---:|---|---:|---:|",
     ]
     for r in report["loader_alone"]:
@@ -158,7 +158,7 @@ def markdown(report: dict) -> str:
                      f"| {_t(r['batches_per_second'], '.0f')} "
                      f"| {r['images_per_second_median']:.0f} |")
     if report["training"]:
-        lines += ["", f"## Training ({report['train_backend']}, {s['epochs']} epoch(s) per "
+        lines += ["", f"#### Training ({report['train_backend']}, {s['epochs']} epoch(s) per "
                       f"repeat): loader in the training thread vs in a pool", "",
                   "| loader threads | augment | s / epoch | waiting for data, s / epoch "
                   "| wait share | images / s |", "|---:|---|---:|---:|---:|---:|"]
