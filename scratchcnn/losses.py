@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from scratchcnn.backend import UsesBackend
 from scratchcnn.checks import check_array, check_float_dtype, is_device_array
-from scratchcnn.kernels import get_backend
 
 
-class SoftmaxCrossEntropy:
+class SoftmaxCrossEntropy(UsesBackend):
     """Mean over the batch of -log softmax(logits)[label], computed stably.
 
     ``forward(logits, labels)`` returns the loss as a Python float and keeps the
@@ -23,15 +23,6 @@ class SoftmaxCrossEntropy:
     def __init__(self, *, backend: str = "parallel", dtype: object = np.float32) -> None:
         self.dtype = check_float_dtype(dtype)
         self.backend = backend
-
-    @property
-    def backend(self) -> str:
-        return self._backend_name
-
-    @backend.setter
-    def backend(self, name: str) -> None:
-        self._k = get_backend(name)
-        self._backend_name = name
 
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
         be = self._k

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from scratchcnn.kernels import get_backend
+from scratchcnn.backend import UsesBackend
 from scratchcnn.layers import Parameter
 
 
-class Optimizer:
+class Optimizer(UsesBackend):
     """Holds the parameters it updates and one state array per parameter and slot.
 
     The state lives where the parameters live (on the device for ``"cuda"``);
@@ -28,15 +28,6 @@ class Optimizer:
         self.t = 0  # number of steps taken
         self.state = {s: [self._k.zeros(p.value.shape, p.value.dtype) for p in self.params]
                       for s in self.slots}
-
-    @property
-    def backend(self) -> str:
-        return self._backend_name
-
-    @backend.setter
-    def backend(self, name: str) -> None:
-        self._k = get_backend(name)
-        self._backend_name = name
 
     def step(self) -> None:
         """Apply one update to every parameter from its current ``grad``."""
