@@ -61,29 +61,15 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
+from scratchcnn.train import int_at_least  # imports no numba: --threads is read first
+
 PROG = "python bench/compare.py"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "compare"
 FULL_TRAIN_IMAGES = 50_000
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+_positive_int = int_at_least(1)  # the training CLI's flag parsers: same messages
+_non_negative_int = int_at_least(0)
 
 
 def add_common_flags(p: argparse.ArgumentParser) -> None:

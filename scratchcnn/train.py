@@ -39,7 +39,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_at_least(lo: int):
+def int_at_least(lo: int):
+    """An argparse ``type``: an integer >= ``lo``, else a one-line argparse error."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -68,15 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the TensorFlow-tutorial CNN on CIFAR-10 with hand-written "
                     "Numba kernels, serial or parallel. Leaves a run folder with "
                     "config.json, metrics.jsonl, checkpoint.npz, best.npz and curves.png.")
-    p.add_argument("--threads", type=_int_at_least(1), default=cores,
+    p.add_argument("--threads", type=int_at_least(1), default=cores,
                    help="Numba threads for the parallel backend (more than the cores "
                         "works, with a warning)")
     p.add_argument("--backend", choices=["serial", "parallel", "cuda"], default="parallel",
                    help="kernel build: serial (one thread), parallel (prange) or cuda "
                         "(numba.cuda on a GPU; pip install '.[cuda]')")
-    p.add_argument("--epochs", type=_int_at_least(1), default=10,
+    p.add_argument("--epochs", type=int_at_least(1), default=10,
                    help="train until this many epochs are done (counting resumed ones)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
                    help=f"images per step (default {RUN_DEFAULTS['batch_size']}, as in Keras)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=None,
                    help="adam (Keras defaults) or sgd with momentum (default adam)")
@@ -84,22 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (default 0.001 for adam, 0.01 for sgd)")
     p.add_argument("--momentum", type=float, default=None,
                    help="momentum for sgd (default 0.9)")
-    p.add_argument("--seed", type=_int_at_least(0), default=None,
+    p.add_argument("--seed", type=int_at_least(0), default=None,
                    help="seed of the weights, data order and augmentation (default 0)")
     p.add_argument("--data-dir", default=os.environ.get("SCRATCHCNN_DATA", "./data"),
                    help="folder containing cifar-10-batches-py/ (downloaded there if "
                         "missing); default $SCRATCHCNN_DATA if set")
-    p.add_argument("--loader-threads", type=_int_at_least(0), default=2,
+    p.add_argument("--loader-threads", type=int_at_least(0), default=2,
                    help="threads preparing batches; 0 = in the training thread")
-    p.add_argument("--prefetch", type=_int_at_least(1), default=4,
+    p.add_argument("--prefetch", type=int_at_least(1), default=4,
                    help="batches prepared ahead by the loader threads")
     p.add_argument("--augment", action="store_true", default=None,
                    help="random crop (4-pixel padding) and horizontal flip (default off)")
-    p.add_argument("--limit-train", type=_int_at_least(1), default=None,
+    p.add_argument("--limit-train", type=int_at_least(1), default=None,
                    help="use only the first N training images (default: all 50,000)")
-    p.add_argument("--limit-test", type=_int_at_least(1), default=None,
+    p.add_argument("--limit-test", type=int_at_least(1), default=None,
                    help="use only the first N test images (default: all 10,000)")
-    p.add_argument("--eval-batch-size", type=_int_at_least(1), default=250,
+    p.add_argument("--eval-batch-size", type=int_at_least(1), default=250,
                    help="images per forward pass when evaluating")
     p.add_argument("--out", default=None,
                    help="run folder (default: a new runs/<time>-<backend>-t<threads>/, or the "
