@@ -23,6 +23,10 @@ CONV_CASES = [
     (2, 3, 9, 7, 2, 5, 3, 2, 1, 2, 0),  # non-square kernel, mixed stride and padding
     (1, 4, 6, 6, 3, 1, 1, 1, 1, 0, 0),  # 1x1 kernel
     (2, 2, 11, 5, 3, 4, 2, 3, 2, 0, 1),  # even kernel, stride 3
+    # the unpadded unit-stride 3-wide fast paths of im2col/col2im, and their edges:
+    (2, 3, 3, 3, 2, 3, 3, 1, 1, 0, 0),  # one output pixel (OW = 1: generic path)
+    (2, 2, 6, 4, 3, 3, 3, 2, 1, 0, 0),  # OW = 2, vertical stride 2
+    (4, 5, 8, 15, 6, 3, 3, 1, 1, 0, 0),  # like conv2: odd width, several rows
 ]
 
 
@@ -225,3 +229,31 @@ def test_optimizer_state_flushes_subnormals(be):
         be.sgd_update(p, g, vel, f32(0.01), f32(0.9), f32(0))
     assert not vel.any()
     assert np.isfinite(p).all() and (p == 1).all()  # zero state moves nothing
+
+
+def _float64_ops(fn, *args) -> list[str]:
+    """The float64 arithmetic lines in the LLVM IR of a fresh (uncached) compile of fn(*args)."""
+    import re
+
+    import numba
+
+    jitted = numba.njit(error_model="numpy")(getattr(fn, "py_func", fn))
+    jitted(*args)
+    ir = jitted.inspect_llvm(jitted.signatures[0])
+    # the native function only: its Python wrapper boxes a float32 result as a double
+    native = [f for f in ir.split("\ndefine ")[1:] if "@_ZN7cpython" not in f.split("\n")[0]]
+    return [ln for f in native for ln in f.splitlines()
+            if re.search(r"= (fadd|fsub|fmul|fdiv|fcmp \w+|fpext float) .*double", ln)]
+
+
+def test_float32_optimizer_kernels_do_not_promote_to_float64():
+    """float32 * int is float64 in Numba (NUMBA-NOTES.md): a stray ``x * 0`` in the flush
+    made the whole Adam loop compute in float64, 4x slower. Check the compiled code."""
+    from scratchcnn.kernels import optim
+
+    f32 = np.float32
+    p, g, m, v = (np.ones(16, f32) for _ in range(4))
+    assert _float64_ops(optim.flush, f32(1e-39), f32(optim.TINY)) == []
+    assert _float64_ops(optim.adam_update, p, g, m, v, f32(1e-3), f32(0.9), f32(0.999),
+                        f32(1e-7)) == []
+    assert _float64_ops(optim.sgd_update, p, g, m, f32(0.01), f32(0.9), f32(0)) == []
