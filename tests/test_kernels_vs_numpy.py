@@ -137,7 +137,8 @@ def test_maxpool2d(case, be, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 3), (5, 13, 4), (4, 33, 10)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 3), (5, 13, 4), (4, 33, 10),
+                                   (19, 300, 5)], ids=str)  # several blocks, last partial
 def test_dense(shape, be, dtype):
     n, i, o = shape
     rng = np.random.default_rng(2)

@@ -100,11 +100,11 @@ def test_other_kernels(nthreads, numba_threads):
     _run("relu_backward", lambda: (flat, flat[::-1].copy(), np.empty_like(flat)), [2],
          numba_threads, nthreads)
 
-    xd = rng.standard_normal((8, 1024), dtype=np.float32)
-    wd = rng.standard_normal((1024, 64), dtype=np.float32)
+    xd = rng.standard_normal((21, 1000), dtype=np.float32)  # several sample/feature blocks,
+    wd = rng.standard_normal((1000, 64), dtype=np.float32)  # the last ones partial
     bd = rng.standard_normal(64, dtype=np.float32)
-    dy = rng.standard_normal((8, 64), dtype=np.float32)
-    _run("dense_forward", lambda: (xd, wd, bd, True, np.empty((8, 64), np.float32)), [4],
+    dy = rng.standard_normal((21, 64), dtype=np.float32)
+    _run("dense_forward", lambda: (xd, wd, bd, True, np.empty((21, 64), np.float32)), [4],
          numba_threads, nthreads)
     _run("dense_backward_input", lambda: (dy, wd, np.empty_like(xd)), [2], numba_threads,
          nthreads)
