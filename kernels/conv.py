@@ -6,13 +6,18 @@ Two forward kernels sit side by side so a reader can diff them:
 2. ``conv2d_forward``: im2col + matrix product (BLAS through ``np.dot``, pinned
    to one thread), the version the layers use.
 
-Backward is split in the two gradients, each with its own parallel axis:
+Backward is written as the two gradients, each with its own parallel axis:
 
 - ``conv2d_backward_input``: dx, parallel over groups of samples (each thread
   owns the dx of its samples).
 - ``conv2d_backward_weight``: dw and db, one partial product per group of
   samples, summed over the groups in a fixed order, so the result does not
   depend on the number of threads.
+
+and ``conv2d_backward`` (what the layer calls) runs both in one pass over the
+groups: a group's gathered output gradients are then used by both products
+while they are still in cache, and gathered once instead of twice (~3% of a
+training step).
 
 Sizes: OH = (H + 2*ph - KH) // sh + 1, OW likewise; K = C*KH*KW, P = OH*OW.
 
@@ -47,6 +52,7 @@ __all__ = [
     "conv2d_forward",
     "conv2d_backward_input",
     "conv2d_backward_weight",
+    "conv2d_backward",
 ]
 
 
@@ -318,6 +324,44 @@ def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db):
     # PARALLEL (2): one output channel per iteration; each thread owns row dw[f]
     # and db[f] and sums the groups in the fixed order g = 0, 1, ..., NG-1, so
     # the result is bit-for-bit the same whatever the number of threads.
+    for f in prange(F):
+        for k in range(K):
+            dw2[f, k] = partial[0, f, k]
+        db[f] = partial[0, f, K]
+        for g in range(1, NG):
+            for k in range(K):
+                dw2[f, k] += partial[g, f, k]
+            db[f] += partial[g, f, K]
+
+
+def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dcols, dw, db, dx):
+    """``conv2d_backward_weight`` and (if ``need_dx``) ``conv2d_backward_input`` fused.
+
+    Same arithmetic, in the same order, as the two kernels: bit-for-bit the same dw, db, dx.
+    """
+    N, F, OH, OW = dout.shape
+    _, C, KH, KW = w.shape
+    NG, K1, _ = cols.shape
+    K, P = K1 - 1, OH * OW
+    G = N // NG
+    w2t = w.reshape(F, K).T
+    dw2 = dw.reshape(F, K)
+    # PARALLEL: one group of samples per iteration, as in the two kernels above:
+    # group g writes only its own partial[g], dout_g[g], dcols[g] and the dx of
+    # its own samples.
+    for g in prange(NG):
+        if G == 1:
+            dg = dout[g].reshape(F, P)
+        else:
+            gather_dout(dout, g * G, G, dout_g[g])
+            dg = dout_g[g]
+        np.dot(dg, cols[g].T, partial[g])  # (F, G*P) @ (G*P, K+1)
+        if need_dx:
+            np.dot(w2t, dg, dcols[g])  # (K, F) @ (F, G*P)
+            for s in range(G):
+                col2im(dcols[g], s * P, KH, KW, sh, sw, ph, pw, dx[g * G + s])
+    # PARALLEL: one output channel per iteration, groups summed in a fixed order
+    # (see conv2d_backward_weight).
     for f in prange(F):
         for k in range(K):
             dw2[f, k] = partial[0, f, k]

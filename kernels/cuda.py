@@ -569,6 +569,13 @@ def sgd_update(p, g, vel, lr, momentum, weight_decay):
     _sgd_k[_blocks(p.size), TPB](p, g, vel, lr, momentum, weight_decay)
 
 
+def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dcols, dw, db, dx):
+    """Both conv gradients (the CPU backends fuse them; here the two kernels run in turn)."""
+    conv2d_backward_weight(dout, cols, dout_g, partial, dw, db)
+    if need_dx:
+        conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx)
+
+
 # ----------------------------------------------------------------------------
 # the backend namespace
 # ----------------------------------------------------------------------------
@@ -577,6 +584,7 @@ KERNELS = {
     f.__name__: f
     for f in (
         conv2d_forward_direct, conv2d_forward, conv2d_backward_input, conv2d_backward_weight,
+        conv2d_backward,
         maxpool2d_forward, maxpool2d_backward,
         dense_forward, dense_backward_input, dense_backward_weight,
         relu_forward, relu_backward,

@@ -243,15 +243,12 @@ class Conv2D(Layer):
                  activation_applied: bool = False) -> np.ndarray | None:
         dout = self._through_activation(self._check_dout(dout), activation_applied)
         (sh, sw), (ph, pw) = self.stride, self.padding
-        dout_g = self._workspace("gemm_out")  # reused: holds a group's gathered dout
-        self._k.conv2d_backward_weight(dout, self._cols, dout_g, self._workspace("partial"),
-                                       self.weight.grad, self.bias.grad)
-        if not need_input_grad:
-            return None
-        dx = self._buf("dx", self._in_shape)
-        self._k.conv2d_backward_input(dout, self.weight.value, sh, sw, ph, pw, dout_g,
-                                      self._workspace("dcols"), dx)
-        return dx
+        dx = self._buf("dx", self._in_shape)  # left untouched without need_input_grad
+        self._k.conv2d_backward(dout, self.weight.value, self._cols, sh, sw, ph, pw,
+                                need_input_grad, self._workspace("gemm_out"),  # gathered dout
+                                self._workspace("partial"), self._workspace("dcols"),
+                                self.weight.grad, self.bias.grad, dx)
+        return dx if need_input_grad else None
 
     def __repr__(self) -> str:
         act = f", activation={self.activation!r}" if self.activation else ""

@@ -97,6 +97,17 @@ def test_conv2d(case, be, dtype):
         be.conv2d_backward_weight(dout, ws["cols"], ws["gemm_out"], ws["partial"], dw, db)
         _close(dw, dw_want, dtype)
         _close(db, db_want, dtype)
+        # the fused kernel the layer calls: the same bits as the two kernels above
+        for need_dx in (True, False):
+            dx2 = np.full(x.shape, np.nan, dtype)
+            dw2, db2 = np.full(wt.shape, np.nan, dtype), np.full(b.shape, np.nan, dtype)
+            be.conv2d_backward(dout, wt, ws["cols"], sh, sw, ph, pw, need_dx, ws["gemm_out"],
+                               ws["partial"], ws["dcols"], dw2, db2, dx2)
+            assert dw2.tobytes() == dw.tobytes() and db2.tobytes() == db.tobytes()
+            if need_dx:
+                assert dx2.tobytes() == dx.tobytes()
+            else:
+                assert np.isnan(dx2).all()  # not touched
 
 
 # (N, C, H, W, KH, KW, sh, sw)

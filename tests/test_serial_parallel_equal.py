@@ -79,6 +79,11 @@ def test_conv_kernels(shape, nthreads, numba_threads):
              lambda fresh=fresh: (dout, fresh("cols"), fresh("gemm_out"), fresh("partial"),
                                   np.empty_like(wt), np.empty_like(b)), [3, 4, 5],
              numba_threads, nthreads)
+        _run("conv2d_backward",
+             lambda fresh=fresh: (dout, wt, fresh("cols"), s, s, p, p, True, fresh("gemm_out"),
+                                  fresh("partial"), fresh("dcols"), np.empty_like(wt),
+                                  np.empty_like(b), np.empty_like(x)), [8, 9, 10, 11, 12, 13],
+             numba_threads, nthreads)
 
 
 @pytest.mark.parametrize("nthreads", THREAD_COUNTS)
