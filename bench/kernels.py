@@ -67,6 +67,10 @@ def cases(n: int):
             (f"{name} backward weight", "conv2d_backward_weight",
              (dout, ws["cols"], ws["gemm_out"], ws["partial"], dw, db), flops),
         ]
+        if name != "conv1":  # what the layer runs: both gradients fused (conv1 needs no dx)
+            out.append((f"{name} backward, both fused", "conv2d_backward",
+                        (dout, wt, ws["cols"], 1, 1, 0, 0, True, ws["gemm_out"], ws["partial"],
+                         ws["dcols"], dw, db, dx), 2 * flops))
     for name, c, h in [("pool1", 32, 30), ("pool2", 64, 13)]:
         x = arr(n, c, h, h)
         o = h // 2

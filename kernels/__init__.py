@@ -34,8 +34,10 @@ transfers are the identity (no copy) and ``synchronize`` does nothing.
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that np.dot in njit calls)
 from threadpoolctl import threadpool_limits
@@ -76,8 +78,11 @@ def _make_backend(name: str, parallel: bool) -> SimpleNamespace:
     kernels = {
         kname: build(getattr(mod, kname), parallel) for mod in _MODULES for kname in mod.__all__
     }
+    # Scratch slots for conv2d_backward: one per thread that can run it.
+    slots = numba.config.NUMBA_NUM_THREADS if parallel else 1
     return SimpleNamespace(name=name, parallel=parallel, device="cpu",
-                           conv2d_workspace_shapes=conv.conv2d_workspace_shapes,
+                           conv2d_workspace_shapes=partial(conv.conv2d_workspace_shapes,
+                                                           slots=slots),
                            **_HOST_ARRAYS, **kernels)
 
 

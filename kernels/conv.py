@@ -37,7 +37,8 @@ layer, reused every batch): ``wb`` (F, K+1) weights and bias side by side,
 ``cols`` (NG, K+1, G*P) the unrolled patches (kept from forward for the weight
 gradient), ``gemm_out`` (NG, F, G*P) a group's product before it is scattered
 to (sample, channel) planes -- reused in backward for the gathered dout --,
-``partial`` (NG, F, K+1) per-group weight gradients, ``dcols`` (NG, K, G*P).
+``partial`` (NG, F, K+1) per-group weight gradients, ``dcols`` (S, K, G*P)
+with S = NG slots, or fewer for ``conv2d_backward``.
 """
 
 from __future__ import annotations
@@ -106,11 +107,16 @@ def group_size(N: int, P: int, target: int = 700, min_groups: int = 4) -> int:
     return best
 
 
-def conv2d_workspace_shapes(N, C, H, W, F, KH, KW, sh, sw, ph, pw, group=None) -> dict:
+def conv2d_workspace_shapes(N, C, H, W, F, KH, KW, sh, sw, ph, pw, group=None,
+                            slots=None) -> dict:
     """Shapes of the workspaces the CPU conv kernels expect for this geometry.
 
     The kernels read the group size from the workspaces (G = N // cols.shape[0]);
     ``group`` overrides ``group_size`` (tests use it to cover every path).
+    ``slots``: how many groups' worth of ``dcols`` scratch to allocate, at most
+    NG (the default). ``conv2d_backward`` works with any number (its threads
+    each take a slot and a run of groups: the serial backend allocates one slot,
+    the parallel backend one per thread); ``conv2d_backward_input`` needs NG.
     """
     OH = (H + 2 * ph - KH) // sh + 1
     OW = (W + 2 * pw - KW) // sw + 1
@@ -119,12 +125,13 @@ def conv2d_workspace_shapes(N, C, H, W, F, KH, KW, sh, sw, ph, pw, group=None) -
     if N % G:
         raise ValueError(f"group size {G} does not divide the batch {N}")
     NG = N // G
+    S = NG if slots is None else max(1, min(NG, slots))
     return {
         "wb": (F, K + 1),
         "cols": (NG, K + 1, G * P),
         "gemm_out": (NG, F, G * P) if G > 1 else (1, 1, 1),  # unused when G == 1
         "partial": (NG, F, K + 1),
-        "dcols": (NG, K, G * P),
+        "dcols": (S, K, G * P),
     }
 
 
@@ -286,8 +293,10 @@ def conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx):
     N, F, OH, OW = dout.shape
     _, C, KH, KW = w.shape
     K, P = C * KH * KW, OH * OW
-    NG = dcols.shape[0]
-    G = N // NG
+    G = dcols.shape[2] // P
+    NG = N // G
+    if dcols.shape[0] != NG:
+        raise ValueError("conv2d_backward_input needs one dcols slot per group")
     w2t = w.reshape(F, K).T
     # PARALLEL: one group of samples per iteration. dx[n] depends only on
     # dout[n] and the weights; the scatter-add of col2im touches only dx of the
@@ -337,29 +346,36 @@ def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db):
 def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dcols, dw, db, dx):
     """``conv2d_backward_weight`` and (if ``need_dx``) ``conv2d_backward_input`` fused.
 
-    Same arithmetic, in the same order, as the two kernels: bit-for-bit the same dw, db, dx.
+    Same arithmetic, in the same order, as the two kernels: bit-for-bit the same
+    dw, db, dx. ``dcols`` may have fewer slots than there are groups (S <= NG,
+    see ``conv2d_workspace_shapes``): the groups are then split into S runs of
+    consecutive groups, and run t does its groups one after the other in slot t
+    (and in dout_g[t]). With S = 1 (the serial backend) the scratch stays in
+    cache: 0.8 MB instead of 6.2 MB for conv2 at batch 32 (its backward ~5% faster).
     """
     N, F, OH, OW = dout.shape
     _, C, KH, KW = w.shape
     NG, K1, _ = cols.shape
     K, P = K1 - 1, OH * OW
     G = N // NG
+    S = dcols.shape[0]
     w2t = w.reshape(F, K).T
     dw2 = dw.reshape(F, K)
-    # PARALLEL: one group of samples per iteration, as in the two kernels above:
-    # group g writes only its own partial[g], dout_g[g], dcols[g] and the dx of
-    # its own samples.
-    for g in prange(NG):
-        if G == 1:
-            dg = dout[g].reshape(F, P)
-        else:
-            gather_dout(dout, g * G, G, dout_g[g])
-            dg = dout_g[g]
-        np.dot(dg, cols[g].T, partial[g])  # (F, G*P) @ (G*P, K+1)
-        if need_dx:
-            np.dot(w2t, dg, dcols[g])  # (K, F) @ (F, G*P)
-            for s in range(G):
-                col2im(dcols[g], s * P, KH, KW, sh, sw, ph, pw, dx[g * G + s])
+    # PARALLEL: one run of consecutive groups per iteration, as the two kernels
+    # above split groups: run t writes only partial[g] of its own groups, its
+    # own scratch slots dout_g[t] and dcols[t], and the dx of its own samples.
+    for t in prange(S):
+        for g in range(t * NG // S, (t + 1) * NG // S):
+            if G == 1:
+                dg = dout[g].reshape(F, P)
+            else:
+                dg = dout_g[t]
+                gather_dout(dout, g * G, G, dg)
+            np.dot(dg, cols[g].T, partial[g])  # (F, G*P) @ (G*P, K+1)
+            if need_dx:
+                np.dot(w2t, dg, dcols[t])  # (K, F) @ (F, G*P)
+                for s in range(G):
+                    col2im(dcols[t], s * P, KH, KW, sh, sw, ph, pw, dx[g * G + s])
     # PARALLEL: one output channel per iteration, groups summed in a fixed order
     # (see conv2d_backward_weight).
     for f in prange(F):

@@ -97,12 +97,16 @@ def test_conv2d(case, be, dtype):
         be.conv2d_backward_weight(dout, ws["cols"], ws["gemm_out"], ws["partial"], dw, db)
         _close(dw, dw_want, dtype)
         _close(db, db_want, dtype)
-        # the fused kernel the layer calls: the same bits as the two kernels above
-        for need_dx in (True, False):
+        # the fused kernel the layer calls: the same bits as the two kernels above,
+        # with one scratch slot per group, a single slot, or runs of uneven length
+        for need_dx, slots in ((True, None), (False, None), (True, 1), (True, 3)):
+            sws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (sh, sw),
+                                  (ph, pw), dtype, group, slots)
+            sws["cols"][...] = ws["cols"]  # from the forward pass above
             dx2 = np.full(x.shape, np.nan, dtype)
             dw2, db2 = np.full(wt.shape, np.nan, dtype), np.full(b.shape, np.nan, dtype)
-            be.conv2d_backward(dout, wt, ws["cols"], sh, sw, ph, pw, need_dx, ws["gemm_out"],
-                               ws["partial"], ws["dcols"], dw2, db2, dx2)
+            be.conv2d_backward(dout, wt, sws["cols"], sh, sw, ph, pw, need_dx,
+                               sws["gemm_out"], sws["partial"], sws["dcols"], dw2, db2, dx2)
             assert dw2.tobytes() == dw.tobytes() and db2.tobytes() == db.tobytes()
             if need_dx:
                 assert dx2.tobytes() == dx.tobytes()

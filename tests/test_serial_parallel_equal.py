@@ -79,11 +79,14 @@ def test_conv_kernels(shape, nthreads, numba_threads):
              lambda fresh=fresh: (dout, fresh("cols"), fresh("gemm_out"), fresh("partial"),
                                   np.empty_like(wt), np.empty_like(b)), [3, 4, 5],
              numba_threads, nthreads)
-        _run("conv2d_backward",
-             lambda fresh=fresh: (dout, wt, fresh("cols"), s, s, p, p, True, fresh("gemm_out"),
-                                  fresh("partial"), fresh("dcols"), np.empty_like(wt),
-                                  np.empty_like(b), np.empty_like(x)), [8, 9, 10, 11, 12, 13],
-             numba_threads, nthreads)
+        for slots in (None, 1, 2):  # scratch slots: one per group, fewer (runs of groups)
+            dcols = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (s, s), (p, p),
+                                    np.float32, group, slots)["dcols"]
+            _run("conv2d_backward",
+                 lambda fresh=fresh, dcols=dcols: (
+                     dout, wt, fresh("cols"), s, s, p, p, True, fresh("gemm_out"),
+                     fresh("partial"), dcols.copy(), np.empty_like(wt), np.empty_like(b),
+                     np.empty_like(x)), [8, 9, 10, 11, 12, 13], numba_threads, nthreads)
 
 
 @pytest.mark.parametrize("nthreads", THREAD_COUNTS)
