@@ -74,7 +74,7 @@ def cases(n: int):
     for name, c, h in [("pool1", 32, 30), ("pool2", 64, 13)]:
         x = arr(n, c, h, h)
         o = h // 2
-        y, am = np.empty((n, c, o, o), f32), np.empty((n, c, o, o), np.int64)
+        y, am = np.empty((n, c, o, o), f32), np.empty((n, c, o, o), np.int32)  # as the layer
         out += [(f"{name} forward", "maxpool2d_forward", (x, 2, 2, 2, 2, y, am), n * c * o * o * 4),
                 (f"{name} backward (+ReLU mask)", "maxpool2d_backward",
                  (arr(n, c, o, o), am, y, True, np.empty_like(x)), n * c * o * o)]

@@ -286,7 +286,9 @@ class MaxPool2D(Layer):
         self._out_shape = (n, *self.output_shape((c, h, w)))
         self._in_shape = x.shape
         out = self._out = self._buf("out", self._out_shape)
-        self._argmax = self._buf("argmax", self._out_shape, np.int64)
+        # flat index of each window's maximum in its plane: int32 is plenty, and
+        # half the memory traffic of int64 (pool1: 0.9 instead of 1.8 MB a step)
+        self._argmax = self._buf("argmax", self._out_shape, np.int32)
         self._k.maxpool2d_forward(x, kh, kw, sh, sw, out, self._argmax)
         return out
 
