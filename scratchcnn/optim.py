@@ -16,6 +16,16 @@ class Optimizer(UsesBackend):
 
     The state lives where the parameters live (on the device for ``"cuda"``);
     ``state_dict`` copies it to the host, ``load_state_dict`` back.
+
+    One flat array on the CPU backends: the optimizer moves the parameters'
+    values into one contiguous array and their gradients into another (each
+    ``Parameter.value`` / ``.grad`` becomes a view of it: same shape, same
+    numbers), and keeps its state the same way, so a step is one kernel call
+    over all 122,570 parameters of the reference network instead of ten small
+    ones (in a training step on 2 threads 0.13 -> 0.08 ms: ten parallel regions
+    and ten Python calls cost more than the arithmetic). If a parameter's array
+    is later replaced (say, by moving a layer to another backend), ``step``
+    notices and updates parameter by parameter.
     """
 
     slots: tuple[str, ...] = ()
@@ -26,12 +36,47 @@ class Optimizer(UsesBackend):
             raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
         self.backend = backend
         self.t = 0  # number of steps taken
-        self.state = {s: [self._k.zeros(p.value.shape, p.value.dtype) for p in self.params]
-                      for s in self.slots}
+        self._flat = self._flatten() if self._k.device == "cpu" else None
+        if self._flat is not None:
+            sizes = [p.value.size for p in self.params]
+            offsets = np.cumsum([0] + sizes)
+            dtype = self.params[0].value.dtype
+            flat_state = {s: np.zeros(offsets[-1], dtype) for s in self.slots}
+            self._flat_state = [flat_state[s] for s in self.slots]
+            self.state = {s: [flat_state[s][a:b].reshape(p.value.shape) for a, b, p in
+                              zip(offsets[:-1], offsets[1:], self.params)] for s in self.slots}
+        else:
+            self.state = {s: [self._k.zeros(p.value.shape, p.value.dtype) for p in self.params]
+                          for s in self.slots}
+
+    def _flatten(self) -> tuple[np.ndarray, np.ndarray, list] | None:
+        """Move values and gradients into one flat array each (views replace the originals)."""
+        dtypes = {p.value.dtype for p in self.params}
+        arrays = [a for p in self.params for a in (p.value, p.grad)]
+        if len(dtypes) != 1 or not all(isinstance(a, np.ndarray) for a in arrays):
+            return None
+        if len({id(p) for p in self.params}) != len(self.params):
+            return None  # the same parameter twice: keep per-parameter updates
+        total = sum(p.value.size for p in self.params)
+        values, grads = np.empty(total, dtypes.pop()), np.empty(total, self.params[0].grad.dtype)
+        views, at = [], 0
+        for p in self.params:
+            n = p.value.size
+            v, g = values[at:at + n].reshape(p.value.shape), grads[at:at + n].reshape(p.grad.shape)
+            v[...], g[...] = p.value, p.grad
+            p.value, p.grad = v, g
+            views.append((v, g))
+            at += n
+        return values, grads, views
 
     def step(self) -> None:
         """Apply one update to every parameter from its current ``grad``."""
         self.t += 1
+        flat = self._flat
+        if flat is not None and all(p.value is v and p.grad is g
+                                    for p, (v, g) in zip(self.params, flat[2])):
+            self._update(flat[0], flat[1], self._flat_state, flat[0].dtype.type)
+            return
         for i, p in enumerate(self.params):
             slots = [self.state[s][i].reshape(-1) for s in self.slots]
             self._update(p.value.reshape(-1), p.grad.reshape(-1), slots, p.value.dtype.type)
