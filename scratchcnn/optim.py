@@ -11,6 +11,15 @@ from scratchcnn.backend import UsesBackend
 from scratchcnn.layers import Parameter
 
 
+def _split(flat: np.ndarray, params: list[Parameter]) -> list[np.ndarray]:
+    """Consecutive views of ``flat``, one per parameter, each with that parameter's shape."""
+    views, at = [], 0
+    for p in params:
+        views.append(flat[at:at + p.value.size].reshape(p.value.shape))
+        at += p.value.size
+    return views
+
+
 class Optimizer(UsesBackend):
     """Holds the parameters it updates and one state array per parameter and slot.
 
@@ -38,13 +47,9 @@ class Optimizer(UsesBackend):
         self.t = 0  # number of steps taken
         self._flat = self._flatten() if self._k.device == "cpu" else None
         if self._flat is not None:
-            sizes = [p.value.size for p in self.params]
-            offsets = np.cumsum([0] + sizes)
-            dtype = self.params[0].value.dtype
-            flat_state = {s: np.zeros(offsets[-1], dtype) for s in self.slots}
-            self._flat_state = [flat_state[s] for s in self.slots]
-            self.state = {s: [flat_state[s][a:b].reshape(p.value.shape) for a, b, p in
-                              zip(offsets[:-1], offsets[1:], self.params)] for s in self.slots}
+            values = self._flat[0]
+            self._flat_state = [np.zeros_like(values) for _ in self.slots]
+            self.state = {s: _split(a, self.params) for s, a in zip(self.slots, self._flat_state)}
         else:
             self.state = {s: [self._k.zeros(p.value.shape, p.value.dtype) for p in self.params]
                           for s in self.slots}
@@ -57,16 +62,11 @@ class Optimizer(UsesBackend):
             return None
         if len({id(p) for p in self.params}) != len(self.params):
             return None  # the same parameter twice: keep per-parameter updates
-        total = sum(p.value.size for p in self.params)
-        values, grads = np.empty(total, dtypes.pop()), np.empty(total, self.params[0].grad.dtype)
-        views, at = [], 0
-        for p in self.params:
-            n = p.value.size
-            v, g = values[at:at + n].reshape(p.value.shape), grads[at:at + n].reshape(p.grad.shape)
-            v[...], g[...] = p.value, p.grad
+        values = np.concatenate([p.value.ravel() for p in self.params])
+        grads = np.concatenate([p.grad.ravel() for p in self.params])
+        views = list(zip(_split(values, self.params), _split(grads, self.params)))
+        for p, (v, g) in zip(self.params, views):
             p.value, p.grad = v, g
-            views.append((v, g))
-            at += n
         return values, grads, views
 
     def step(self) -> None:
