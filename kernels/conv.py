@@ -246,6 +246,20 @@ def gather_dout(dout, n0, G, dg):
                 dg[f, s * P + p] = ds[f, p]
 
 
+@helper
+def sum_group_partials(partial, f, dw2, db):
+    """dw2[f] and db[f] = the sum of the groups' partial[g, f], in the fixed order g = 0, 1, ..."""
+    NG, _, K1 = partial.shape
+    K = K1 - 1
+    for k in range(K):
+        dw2[f, k] = partial[0, f, k]
+    db[f] = partial[0, f, K]
+    for g in range(1, NG):
+        for k in range(K):
+            dw2[f, k] += partial[g, f, k]
+        db[f] += partial[g, f, K]
+
+
 def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
@@ -334,13 +348,7 @@ def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db):
     # and db[f] and sums the groups in the fixed order g = 0, 1, ..., NG-1, so
     # the result is bit-for-bit the same whatever the number of threads.
     for f in prange(F):
-        for k in range(K):
-            dw2[f, k] = partial[0, f, k]
-        db[f] = partial[0, f, K]
-        for g in range(1, NG):
-            for k in range(K):
-                dw2[f, k] += partial[g, f, k]
-            db[f] += partial[g, f, K]
+        sum_group_partials(partial, f, dw2, db)
 
 
 def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dcols, dw, db, dx):
@@ -379,10 +387,4 @@ def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dco
     # PARALLEL: one output channel per iteration, groups summed in a fixed order
     # (see conv2d_backward_weight).
     for f in prange(F):
-        for k in range(K):
-            dw2[f, k] = partial[0, f, k]
-        db[f] = partial[0, f, K]
-        for g in range(1, NG):
-            for k in range(K):
-                dw2[f, k] += partial[g, f, k]
-            db[f] += partial[g, f, K]
+        sum_group_partials(partial, f, dw2, db)
