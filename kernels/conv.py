@@ -107,10 +107,10 @@ def group_size(N: int, P: int, target: int = 700, min_groups: int = 4) -> int:
     """Samples per group: the largest divisor G of N with G*P <= max(P, target)
     that still leaves min(min_groups, N) groups to share among threads.
 
-    Measured on the reference network (batch 32, one core, whole kernels with
-    their gathers and scatters): conv2 (P = 169) is fastest with G = 4 (~6%
-    faster than G = 1), conv3 (P = 16) with G = 8 or more (~15% faster; its
-    weight gradient twice as fast, as the per-sample product has only 16 columns).
+    Measured on the reference network (batch 32, one core, forward + backward
+    with their gathers and scatters): conv2 (P = 169, G = 4) is within the
+    run-to-run noise (~5%) of G = 1 and 2; conv3 (P = 16) is ~30% faster with
+    G = 8 than with G = 2 (a per-sample product would have only 16 columns).
     """
     best = 1
     for g in range(1, N + 1):
