@@ -34,7 +34,6 @@ transfers are the identity (no copy) and ``synchronize`` does nothing.
 from __future__ import annotations
 
 import importlib.util
-from functools import partial
 from types import SimpleNamespace
 
 import numba
@@ -74,16 +73,30 @@ _HOST_ARRAYS = dict(empty=np.empty, zeros=np.zeros, to_device=_identity, to_host
                     copy_into=_copy_into, synchronize=_nothing, is_device_array=_no_device)
 
 
+def _serial_workspace_shapes(*args, **kw) -> dict:
+    """``conv.conv2d_workspace_shapes`` with one dcols slot: one thread runs the backward."""
+    return conv.conv2d_workspace_shapes(*args, slots=1, **kw)
+
+
+def _parallel_workspace_shapes(*args, **kw) -> dict:
+    """``conv.conv2d_workspace_shapes`` with one dcols slot per thread that runs the backward.
+
+    The *current* thread count (``numba.get_num_threads()``, set per calling
+    thread), not the pool size: with 8 slots on 2 threads each thread would walk
+    4 slots of scratch instead of reusing one that stays in cache. The layers ask
+    again every forward pass, so a changed thread count gets its own workspaces.
+    The results do not depend on the slot count (tests check the bits).
+    """
+    return conv.conv2d_workspace_shapes(*args, slots=numba.get_num_threads(), **kw)
+
+
 def _make_backend(name: str, parallel: bool) -> SimpleNamespace:
     kernels = {
         kname: build(getattr(mod, kname), parallel) for mod in _MODULES for kname in mod.__all__
     }
-    # Scratch slots for conv2d_backward: one per thread that can run it.
-    slots = numba.config.NUMBA_NUM_THREADS if parallel else 1
+    shapes = _parallel_workspace_shapes if parallel else _serial_workspace_shapes
     return SimpleNamespace(name=name, parallel=parallel, device="cpu",
-                           conv2d_workspace_shapes=partial(conv.conv2d_workspace_shapes,
-                                                           slots=slots),
-                           **_HOST_ARRAYS, **kernels)
+                           conv2d_workspace_shapes=shapes, **_HOST_ARRAYS, **kernels)
 
 
 serial = _make_backend("serial", parallel=False)

@@ -320,9 +320,20 @@ def row2im(drows, row0, KH, KW, sh, sw, ph, pw, dxn):
 
 
 @helper
+def im2row_any(xn, KH, KW, sh, sw, ph, pw, rows, row0):
+    """im2row, called with literal arguments for the unpadded unit-stride 3x3 case:
+    Numba then compiles a copy specialized to them, its 3x3 loops unrolled (5x
+    faster for conv3, 1.4x for conv2)."""
+    if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
+        im2row(xn, 3, 3, 1, 1, 0, 0, rows, row0)
+    else:
+        im2row(xn, KH, KW, sh, sw, ph, pw, rows, row0)
+
+
+@helper
 def row2im_any(drows, row0, KH, KW, sh, sw, ph, pw, dxn):
     """row2im, called with literal arguments for the unpadded unit-stride 3x3 case
-    (Numba then compiles a copy with the 3x3 loops unrolled: 3x faster)."""
+    (as ``im2row_any``)."""
     if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
         row2im(drows, row0, 3, 3, 1, 1, 0, 0, dxn)
     else:
@@ -384,12 +395,7 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
                         on[f, p] = v if v > zero else zero
         else:  # patches as rows: one (G*P, K+1) matrix for the group
             for s in range(G):
-                if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
-                    # literal arguments: Numba compiles a copy of the helper for
-                    # them, its 3x3 loops unrolled (5x faster for conv3)
-                    im2row(x[g * G + s], 3, 3, 1, 1, 0, 0, cg, s * P)
-                else:
-                    im2row(x[g * G + s], KH, KW, sh, sw, ph, pw, cg, s * P)
+                im2row_any(x[g * G + s], KH, KW, sh, sw, ph, pw, cg, s * P)
             go = gemm_out[g]
             np.dot(cg, wb.T, go)  # (G*P, K+1) @ (K+1, F)
             for s in range(G):  # scatter (pixel, channel) rows to (sample, channel) planes

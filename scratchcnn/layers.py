@@ -228,10 +228,10 @@ class Conv2D(Layer):
                              f"{kh}x{kw} kernel (with padding {self.padding})")
         self._out_shape = (n, *self.output_shape((c, h, w)))
         self._in_shape = x.shape
-        if getattr(self, "_ws_shapes_for", None) != (x.shape, self._backend_name):
-            self._ws_shapes = self._k.conv2d_workspace_shapes(n, c, h, w, self.out_channels,
-                                                              kh, kw, sh, sw, ph, pw)
-            self._ws_shapes_for = (x.shape, self._backend_name)
+        # asked every call (a few microseconds): the parallel backend's dcols
+        # scratch follows the current thread count
+        self._ws_shapes = self._k.conv2d_workspace_shapes(n, c, h, w, self.out_channels,
+                                                          kh, kw, sh, sw, ph, pw)
         out = self._out = self._buf("out", self._out_shape)
         self._cols = self._workspace("cols")  # kept for the weight gradient
         self._k.conv2d_forward(x, self.weight.value, self.bias.value, sh, sw, ph, pw,

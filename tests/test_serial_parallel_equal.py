@@ -161,3 +161,22 @@ def test_reference_network_step(nthreads, numba_threads):
     for kind in ("grads", "weights"):
         for name in want[kind]:
             assert _same_bits(got[kind][name], want[kind][name]), f"{kind} of {name} differ"
+
+
+def test_conv_scratch_follows_thread_count(numba_threads):
+    """The parallel backend gives conv2d_backward one dcols slot per *current* thread
+    (not per thread of Numba's pool); the serial backend one slot. Same bits either way."""
+    rng = np.random.default_rng(3)
+    x = rng.random((8, 32, 15, 15), dtype=np.float32)
+    results = {}
+    for backend, nthreads in (("serial", 1), ("parallel", 1), ("parallel", 2),
+                              ("parallel", 3)):
+        numba_threads(nthreads)
+        conv = sc.Conv2D(32, 16, 3, activation="relu", rng=np.random.default_rng(0),
+                         backend=backend)
+        out = conv.forward(x).copy()
+        groups = conv._ws_shapes["cols"][0]
+        assert groups == 4 and conv._ws_shapes["dcols"][0] == min(nthreads, groups)
+        conv.backward(out)
+        results[backend, nthreads] = conv.weight.grad.tobytes() + out.tobytes()
+    assert len(set(results.values())) == 1
