@@ -434,6 +434,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {g} | " + " | ".join(f"{x[g]:.2f}" for x in grouped) + " |")
         lines.append("| **epoch (sum)** | " + " | ".join(
             f"{sum(x.values()):.2f}" for x in grouped) + " |")
+        lines += ["", "conv1 and conv2 include their ReLU and the 2x2 max-pool after them: "
+                  "the model runs each pair as one kernel (`kernels/convpool.py`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -140,6 +140,9 @@ class Timers:
         for layer in model.layers:
             self.wrap(layer, "forward", f"{layer.name} forward")
             self.wrap(layer, "backward", f"{layer.name} backward")
+            if hasattr(layer, "forward_pooled"):  # conv + ReLU + the next layer's pool, fused
+                self.wrap(layer, "forward_pooled", f"{layer.name} forward")
+                self.wrap(layer, "backward_pooled", f"{layer.name} backward")
         self.wrap(loss, "forward", "loss")
         self.wrap(loss, "backward", "loss")
         self.wrap(opt, "step", "optimizer")

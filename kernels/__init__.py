@@ -1,7 +1,7 @@
 """scratchcnn.kernels: the Numba kernels, in a serial and a parallel build (and CUDA).
 
-Each kernel is written once (in ``conv.py``, ``pool.py``, ``dense.py``,
-``activation.py``, ``loss.py``, ``optim.py``) and compiled twice by
+Each kernel is written once (in ``conv.py``, ``convpool.py``, ``pool.py``,
+``dense.py``, ``activation.py``, ``loss.py``, ``optim.py``) and compiled twice by
 ``_build.build``: ``serial`` with ``parallel=False`` (every ``prange`` is a
 plain ``range``) and ``parallel`` with ``parallel=True``.
 
@@ -41,15 +41,19 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that np.dot in njit calls)
 from threadpoolctl import threadpool_limits
 
-from . import activation, conv, dense, loss, optim, pool
+from . import activation, conv, convpool, dense, loss, optim, pool
 from ._build import build
 
 threadpool_limits(limits=1, user_api="blas")
 
-_MODULES = (conv, pool, dense, activation, loss, optim)
+_MODULES = (conv, convpool, pool, dense, activation, loss, optim)
 
 #: Names of all kernels each backend provides.
 KERNEL_NAMES: tuple[str, ...] = tuple(name for mod in _MODULES for name in mod.__all__)
+
+#: Kernels only the CPU backends have: the conv + ReLU + max-pool fusion
+#: (``Conv2D.can_pool_with`` checks for them; on "cuda" the layers run one by one).
+CPU_ONLY: tuple[str, ...] = tuple(convpool.__all__)
 
 
 def _identity(a):

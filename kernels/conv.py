@@ -125,8 +125,8 @@ def conv2d_workspace_shapes(N, C, H, W, F, KH, KW, sh, sw, ph, pw, group=None,
 
     The kernels read the group size from the workspaces (G = N // cols.shape[0]);
     ``group`` overrides ``group_size`` (tests use it to cover every path).
-    ``slots``: how many groups' worth of ``dcols`` scratch to allocate, at most
-    NG (the default). ``conv2d_backward`` works with any number (its threads
+    ``slots``: how many groups' worth of ``dcols`` (and ``tile``) scratch to
+    allocate, at most NG (the default). ``conv2d_backward`` works with any number (its threads
     each take a slot and a run of groups: the serial backend allocates one slot,
     the parallel backend one per thread); ``conv2d_backward_input`` needs NG.
     """
@@ -138,15 +138,17 @@ def conv2d_workspace_shapes(N, C, H, W, F, KH, KW, sh, sw, ph, pw, group=None,
         raise ValueError(f"group size {G} does not divide the batch {N}")
     NG = N // G
     S = NG if slots is None else max(1, min(NG, slots))
+    tile = (S, F * G * P)  # a group's conv output: only the conv + pool kernels use it
     if G == 1:  # patches as columns (im2col)
         return {"wb": (F, K + 1), "cols": (NG, K + 1, P), "gemm_out": (1, 1, 1),  # unused
-                "partial": (NG, F, K + 1), "dcols": (S, K, P)}
+                "partial": (NG, F, K + 1), "dcols": (S, K, P), "tile": tile}
     return {  # G > 1: patches as rows (im2row)
         "wb": (F, K + 1),
         "cols": (NG, G * P, K + 1),
         "gemm_out": (NG, G * P, F),
         "partial": (NG, F, K + 1),
         "dcols": (S, G * P, K),
+        "tile": tile,
     }
 
 
@@ -366,6 +368,50 @@ def sum_group_partials(partial, f, dw2, db):
         db[f] += partial[g, f, K]
 
 
+@helper
+def backward_group(dg, w2, cg, KH, KW, sh, sw, ph, pw, need_dx, partial_g, dcols_t, dxg):
+    """One group's share of ``conv2d_backward``: its weight-gradient product into
+    partial_g and, if ``need_dx``, the input gradient of its samples dxg (G, C, H, W).
+
+    dg (F, G*P) is the group's output gradient, cg its patches (G = 1: columns,
+    (K+1, P); G > 1: rows, (G*P, K+1)), dcols_t a scratch slot.
+    """
+    G = dxg.shape[0]
+    P = dg.shape[1] // G
+    if G == 1:
+        np.dot(dg, cg.T, partial_g)  # (F, P) @ (P, K+1)
+        if need_dx:
+            np.dot(w2.T, dg, dcols_t)  # (K, F) @ (F, P)
+            col2im(dcols_t, 0, KH, KW, sh, sw, ph, pw, dxg[0])
+    else:
+        np.dot(dg, cg, partial_g)  # (F, G*P) @ (G*P, K+1)
+        if need_dx:
+            np.dot(dg.T, w2, dcols_t)  # (G*P, F) @ (F, K)
+            for s in range(G):
+                row2im_any(dcols_t, s * P, KH, KW, sh, sw, ph, pw, dxg[s])
+
+
+@helper
+def conv_group_product(x, n0, G, KH, KW, sh, sw, ph, pw, wb, cg, prod):
+    """The convolution of samples n0 .. n0+G-1, bias included, ReLU not: their
+    patches into cg, then one matrix product into prod.
+
+    G = 1: patches as columns, cg (K+1, P), prod (F, P) -- the sample's output
+    planes. G > 1: patches as rows, cg (G*P, K+1), prod (G*P, F): one row per
+    output pixel of the group, one column per channel.
+    """
+    K = wb.shape[1] - 1
+    if G == 1:
+        im2col(x[n0], KH, KW, sh, sw, ph, pw, cg, 0)
+        cg[K, :] = 1  # the bias row
+        np.dot(wb, cg, prod)  # (F, K+1) @ (K+1, P): BLAS, one thread
+    else:
+        P = cg.shape[0] // G
+        for s in range(G):  # im2row_any also sets the bias column
+            im2row_any(x[n0 + s], KH, KW, sh, sw, ph, pw, cg, s * P)
+        np.dot(cg, wb.T, prod)  # (G*P, K+1) @ (K+1, F)
+
+
 def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
@@ -382,22 +428,17 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     # inside the matrix product would need a reduction over K shared by
     # threads; splitting samples needs none.)
     for g in prange(NG):
-        cg = cols[g]
-        if G == 1:  # patches as columns: the product lands in the output planes
-            im2col(x[g], KH, KW, sh, sw, ph, pw, cg, 0)
-            cg[K, :] = 1  # the bias row
+        if G == 1:  # the product lands directly in this sample's output planes
             on = out[g].reshape(F, P)
-            np.dot(wb, cg, on)  # (F, K+1) @ (K+1, P): BLAS, one thread
+            conv_group_product(x, g, 1, KH, KW, sh, sw, ph, pw, wb, cols[g], on)
             if relu:  # a select, not a branch: the signs are random, a branch mispredicts
                 for f in range(F):
                     for p in range(P):
                         v = on[f, p]
                         on[f, p] = v if v > zero else zero
-        else:  # patches as rows: one (G*P, K+1) matrix for the group
-            for s in range(G):
-                im2row_any(x[g * G + s], KH, KW, sh, sw, ph, pw, cg, s * P)
+        else:
             go = gemm_out[g]
-            np.dot(cg, wb.T, go)  # (G*P, K+1) @ (K+1, F)
+            conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], go)
             for s in range(G):  # scatter (pixel, channel) rows to (sample, channel) planes
                 on = out[g * G + s].reshape(F, P)
                 for f in range(F):
@@ -486,18 +527,11 @@ def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dco
         for g in range(t * NG // S, (t + 1) * NG // S):
             if G == 1:
                 dg = dout[g].reshape(F, P)
-                np.dot(dg, cols[g].T, partial[g])  # (F, P) @ (P, K+1)
-                if need_dx:
-                    np.dot(w2.T, dg, dcols[t])  # (K, F) @ (F, P)
-                    col2im(dcols[t], 0, KH, KW, sh, sw, ph, pw, dx[g])
             else:
                 dg = dout_g[t].reshape(F, G * P)
                 gather_dout(dout, g * G, G, dg)
-                np.dot(dg, cols[g], partial[g])  # (F, G*P) @ (G*P, K+1)
-                if need_dx:
-                    np.dot(dg.T, w2, dcols[t])  # (G*P, F) @ (F, K)
-                    for s in range(G):
-                        row2im_any(dcols[t], s * P, KH, KW, sh, sw, ph, pw, dx[g * G + s])
+            backward_group(dg, w2, cols[g], KH, KW, sh, sw, ph, pw, need_dx, partial[g],
+                           dcols[t], dx[g * G:(g + 1) * G])
     # PARALLEL: one output channel per iteration, groups summed in a fixed order
     # (see conv2d_backward_weight).
     for f in prange(F):

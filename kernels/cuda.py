@@ -650,12 +650,16 @@ def _check_compiler() -> None:
 
 
 def make_cuda_backend() -> SimpleNamespace:
-    """The ``"cuda"`` backend: every kernel of ``KERNEL_NAMES`` plus the array helpers.
+    """The ``"cuda"`` backend: every kernel of ``KERNEL_NAMES`` (except the
+    ``CPU_ONLY`` fusions, which the layers do without) plus the array helpers.
 
     A CPU kernel without a CUDA version (added to ``KERNEL_NAMES`` later) gets a
     stub that raises ``NotImplementedError``; ``missing`` lists them.
     """
-    from . import KERNEL_NAMES
+    from . import CPU_ONLY
+    from . import KERNEL_NAMES as ALL_NAMES
+
+    KERNEL_NAMES = tuple(n for n in ALL_NAMES if n not in CPU_ONLY)
 
     if not config.ENABLE_CUDASIM:
         _check_compiler()

@@ -27,9 +27,9 @@ def maxpool2d_forward(x, KH, KW, sh, sw, out, argmax):
         ap = argmax[nc // C, nc % C]
         if KH == 2 and KW == 2:
             if sh == 2 and sw == 2:  # literal strides: Numba compiles a copy of the
-                window2x2(xp, 2, 2, op, ap)  # helper specialized to them (20% faster)
+                window2x2(xp, 2, 2, False, op, ap)  # helper specialized to them (20% faster)
             else:
-                window2x2(xp, sh, sw, op, ap)
+                window2x2(xp, sh, sw, False, op, ap)
             continue
         for i in range(OH):
             for j in range(OW):
@@ -48,10 +48,17 @@ def maxpool2d_forward(x, KH, KW, sh, sw, out, argmax):
 
 
 @helper
-def window2x2(xp, sh, sw, op, ap):
-    """The 2x2 window (the network's only pool), unrolled: 4x faster than the loop."""
+def window2x2(xp, sh, sw, relu, op, ap):
+    """The 2x2 window (the network's only pool), unrolled: 4x faster than the loop.
+
+    ``relu``: pool relu(xp) instead (kernels/convpool.py), applied once per
+    window: relu(max) = max(relu). A window whose maximum is <= 0 is all zeros
+    after the ReLU, so its first pixel wins the tie; otherwise the argmax is the
+    same either way. Callers pass a literal True/False (a specialized copy each).
+    """
     W = xp.shape[1]
     OH, OW = op.shape
+    zero = xp.dtype.type(0)
     for i in range(OH):
         r0 = i * sh
         for j in range(OW):
@@ -70,6 +77,9 @@ def window2x2(xp, sh, sw, op, ap):
             if v > best:
                 best = v
                 at = (r0 + 1) * W + c0 + 1
+            if relu and not best > zero:
+                best = zero
+                at = r0 * W + c0
             op[i, j] = best
             ap[i, j] = at
 

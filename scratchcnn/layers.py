@@ -219,7 +219,8 @@ class Conv2D(Layer):
         """Workspace ``key`` of the backend's conv kernels for the current input shape."""
         return self._buf(f"ws.{key}", self._ws_shapes[key])
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def _prepare(self, x: object) -> np.ndarray:
+        """Check x; set the input/output shapes, the workspace shapes and cols."""
         x = self._input(x, ("N", self.in_channels, "H", "W"))
         n, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -228,12 +229,18 @@ class Conv2D(Layer):
                              f"{kh}x{kw} kernel (with padding {self.padding})")
         self._out_shape = (n, *self.output_shape((c, h, w)))
         self._in_shape = x.shape
-        # asked every call (a few microseconds): the parallel backend's dcols
-        # scratch follows the current thread count
+        # asked every call (a few microseconds): the parallel backend's scratch
+        # slots follow the current thread count
         self._ws_shapes = self._k.conv2d_workspace_shapes(n, c, h, w, self.out_channels,
                                                           kh, kw, sh, sw, ph, pw)
-        out = self._out = self._buf("out", self._out_shape)
         self._cols = self._workspace("cols")  # kept for the weight gradient
+        return x
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._prepare(x)
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        self._pooled_by = None
+        out = self._out = self._buf("out", self._out_shape)
         self._k.conv2d_forward(x, self.weight.value, self.bias.value, sh, sw, ph, pw,
                                self.activation == "relu", self._workspace("wb"), self._cols,
                                self._workspace("gemm_out"), out)
@@ -241,6 +248,9 @@ class Conv2D(Layer):
 
     def backward(self, dout: np.ndarray, need_input_grad: bool = True,
                  activation_applied: bool = False) -> np.ndarray | None:
+        if getattr(self, "_pooled_by", None) is not None:
+            raise RuntimeError(f"{self.name}: the last forward pass was forward_pooled(); "
+                               f"use backward_pooled()")
         dout = self._through_activation(self._check_dout(dout), activation_applied)
         (sh, sw), (ph, pw) = self.stride, self.padding
         dx = self._buf("dx", self._in_shape)  # left untouched without need_input_grad
@@ -248,6 +258,53 @@ class Conv2D(Layer):
                                 need_input_grad, self._workspace("gemm_out"),  # gathered dout
                                 self._workspace("partial"), self._workspace("dcols"),
                                 self.weight.grad, self.bias.grad, dx)
+        return dx if need_input_grad else None
+
+    def can_pool_with(self, pool: Layer) -> bool:
+        """Whether ``forward_pooled(x, pool)`` applies: a ReLU conv followed by a 2x2,
+        stride-2 max-pool, on a backend with the fused kernels (the CPU ones)."""
+        return (self.activation == "relu" and isinstance(pool, MaxPool2D)
+                and pool.pool_size == (2, 2) and pool.stride == (2, 2)
+                and pool.backend == self.backend
+                and hasattr(self._k, "conv2d_relu_pool_forward"))
+
+    def forward_pooled(self, x: np.ndarray, pool: MaxPool2D) -> np.ndarray:
+        """``pool.forward(self.forward(x))`` in one kernel: the conv output is never
+        written (see kernels/convpool.py). Same result, bit for bit; the pool layer
+        keeps its argmax and output as if it had run. Backward: ``backward_pooled``."""
+        x = self._prepare(x)
+        if not self.can_pool_with(pool):
+            raise ValueError(f"{self.name}: forward_pooled needs activation='relu' and a "
+                             f"2x2, stride-2 MaxPool2D on the same CPU backend")
+        n, f, oh, ow = self._out_shape
+        if oh < 2 or ow < 2:
+            raise ValueError(f"{pool.name}: input {self._out_shape} is smaller than the "
+                             f"2x2 pooling window")
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        self._pooled_by, self._out = pool, None
+        pool._in_shape = self._out_shape
+        pool._out_shape = (n, *pool.output_shape((f, oh, ow)))
+        pout = pool._out = pool._buf("out", pool._out_shape)
+        pool._argmax = pool._buf("argmax", pool._out_shape, np.int32)
+        self._k.conv2d_relu_pool_forward(x, self.weight.value, self.bias.value, sh, sw, ph, pw,
+                                         oh, ow, self._workspace("wb"), self._cols,
+                                         self._workspace("tile"), pout, pool._argmax)
+        return pout
+
+    def backward_pooled(self, dpool: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """The gradients of ``forward_pooled`` from d(loss)/d(pool output)."""
+        pool = getattr(self, "_pooled_by", None)
+        if pool is None:
+            raise RuntimeError(f"{self.name}: backward_pooled() needs forward_pooled() first")
+        dpool = pool._check_dout(dpool)
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        _, _, oh, ow = self._out_shape
+        dx = self._buf("dx", self._in_shape)  # left untouched without need_input_grad
+        self._k.conv2d_relu_pool_backward(dpool, pool._argmax, pool._out, self.weight.value,
+                                          self._cols, sh, sw, ph, pw, oh, ow, need_input_grad,
+                                          self._workspace("tile"), self._workspace("partial"),
+                                          self._workspace("dcols"), self.weight.grad,
+                                          self.bias.grad, dx)
         return dx if need_input_grad else None
 
     def __repr__(self) -> str:

@@ -14,10 +14,18 @@ from scratchcnn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, Paramete
 
 
 class Sequential:
-    """Layers applied in order. ``forward`` gives logits, ``backward`` fills gradients."""
+    """Layers applied in order. ``forward`` gives logits, ``backward`` fills gradients.
 
-    def __init__(self, layers: Iterable[Layer]) -> None:
+    ``fuse_conv_pool`` (default True): a ReLU ``Conv2D`` followed by a 2x2,
+    stride-2 ``MaxPool2D`` runs as one kernel on the CPU backends
+    (``Conv2D.forward_pooled``): the same numbers, bit for bit, without writing
+    the convolution's output. Set it to False to run every layer on its own.
+    """
+
+    def __init__(self, layers: Iterable[Layer], fuse_conv_pool: bool = True) -> None:
         self.layers = list(layers)
+        self.fuse_conv_pool = fuse_conv_pool
+        self._pooled: set[int] = set()  # conv layers run with the next layer's pool
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")
         seen: Counter[str] = Counter()
@@ -36,8 +44,17 @@ class Sequential:
         The result is the caller's own copy on the CPU backends (layers reuse
         their output buffers); on ``"cuda"`` it is the last layer's device buffer.
         """
-        for layer in self.layers:
-            x = layer.forward(x)
+        self._pooled = set()
+        layers, i = self.layers, 0
+        while i < len(layers):
+            if (self.fuse_conv_pool and i + 1 < len(layers) and isinstance(layers[i], Conv2D)
+                    and layers[i].can_pool_with(layers[i + 1])):
+                x = layers[i].forward_pooled(x, layers[i + 1])
+                self._pooled.add(i)
+                i += 2
+            else:
+                x = layers[i].forward(x)
+                i += 1
         return x.copy() if isinstance(x, np.ndarray) else x
 
     __call__ = forward
@@ -49,9 +66,15 @@ class Sequential:
         first layer then skips computing it).
         """
         applied = False  # whether dout already carries the derivative of layer i's fused ReLU
-        for i in range(len(self.layers) - 1, -1, -1):
+        i = len(self.layers) - 1
+        while i >= 0:
             layer = self.layers[i]
             need = need_input_grad or i > 0
+            if i - 1 in self._pooled:  # conv + pool ran as one kernel: so does their backward
+                dout, applied = self.layers[i - 1].backward_pooled(dout, need_input_grad or
+                                                                   i - 1 > 0), False
+                i -= 2
+                continue
             if isinstance(layer, MaxPool2D) and i > 0 and _fused_relu(self.layers[i - 1]):
                 # Fold the previous layer's ReLU backward into the pool's pass.
                 dout, applied = layer.backward(dout, need, relu_before=True), True
@@ -59,6 +82,7 @@ class Sequential:
                 dout, applied = layer.backward(dout, need, activation_applied=applied), False
             else:
                 dout, applied = layer.backward(dout, need), False
+            i -= 1
         return dout
 
     # -- parameters ---------------------------------------------------------

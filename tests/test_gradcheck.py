@@ -146,18 +146,21 @@ def _kinks(model) -> bytes:
     for layer in model.layers:
         if isinstance(layer, sc.ReLU):
             parts.append((layer._x > 0).tobytes())
-        if getattr(layer, "activation", None) == "relu":  # fused: output > 0 <=> input > 0
+        if getattr(layer, "activation", None) == "relu" and layer._out is not None:
+            parts.append((layer._out > 0).tobytes())  # fused: output > 0 <=> input > 0
+        if isinstance(layer, sc.MaxPool2D):  # (with a conv + pool kernel: the window
+            parts.append(layer._argmax.tobytes())  # maxima and their signs are the kinks)
             parts.append((layer._out > 0).tobytes())
-        if isinstance(layer, sc.MaxPool2D):
-            parts.append(layer._argmax.tobytes())
     return b"".join(parts)
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["conv+pool fused", "layer by layer"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_reference_network(backend):
+def test_reference_network(backend, fuse):
     """The whole reference network (float64), loss included, on a batch of 2."""
     rng = np.random.default_rng(6)
     model = sc.reference_cnn(seed=6, backend=backend, dtype=F64)
+    model.fuse_conv_pool = fuse
     for p in model.parameters():  # non-zero biases, so their gradients are exercised
         if p.name == "bias":
             p.value[:] = rng.standard_normal(p.value.shape) * 0.05
@@ -166,6 +169,7 @@ def test_reference_network(backend):
     y = np.array([3, 7])
     loss.forward(model.forward(x), y)
     dx = model.backward(loss.backward(), need_input_grad=True)
+    assert model._pooled == ({0, 2} if fuse else set())
     kinks = _kinks(model)
 
     def objective() -> float:

@@ -1,0 +1,115 @@
+"""Conv2D + ReLU + 2x2 max-pool in one kernel, forward and backward (NCHW).
+
+The reference network follows each of its first two convolutions (with a
+fused ReLU) by a 2x2, stride-2 max-pool. Run as two kernels, the convolution
+writes its whole output (conv1: 3.7 MB a step at batch 32) and the pool reads it
+back; backward, the pool writes a gradient of that size (3/4 of it zeros) and
+the convolution reads it back. These kernels do the pooling on each group's
+product while it is still in cache, in a per-thread ``tile``, and never write
+the convolution's output:
+
+- ``conv2d_relu_pool_forward``: per group, the product of ``conv2d_forward``
+  into the tile, then ReLU + max-pool from the tile. Writes the pooled output
+  and its argmax: the same bits as ``conv2d_forward`` (relu=True) followed by
+  ``maxpool2d_forward`` (2x2, stride 2).
+- ``conv2d_relu_pool_backward``: per group, the pooled gradient is unpooled
+  into the tile (the ReLU mask included), then the two products of
+  ``conv2d_backward``: the same bits as ``maxpool2d_backward`` (relu=True)
+  followed by ``conv2d_backward``.
+
+Workspaces: those of the conv kernels (``conv2d_workspace_shapes``), with
+``tile`` (S, F*G*P). The groups are split into S runs of consecutive groups,
+one slot each (as in ``conv2d_backward``), so the serial build reuses one tile.
+"""
+
+from __future__ import annotations
+
+from numba import prange
+
+from ._build import helper
+from .conv import backward_group, conv_group_product, sum_group_partials
+from .pool import window2x2
+
+__all__ = ["conv2d_relu_pool_forward", "conv2d_relu_pool_backward"]
+
+
+def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, wb, cols, tile, pout, argmax):
+    """relu(conv(x)) then the 2x2, stride-2 max-pool: pout (N, F, OH//2, OW//2) and
+    argmax (flat indices into the OH x OW conv planes, which are never written)."""
+    N = x.shape[0]
+    F, _, KH, KW = w.shape
+    P = OH * OW
+    NG = cols.shape[0]
+    G = N // NG
+    S = tile.shape[0]
+    K = wb.shape[1] - 1
+    wb[:, :K] = w.reshape(F, K)
+    wb[:, K] = b
+    # PARALLEL: one run of consecutive groups per iteration (as conv2d_backward):
+    # run t writes cols[g] of its own groups, its own tile[t], and the pooled
+    # output and argmax of its own samples; a window never leaves its (sample,
+    # channel) plane, so no two runs write the same element.
+    for t in prange(S):
+        tt = tile[t]
+        for g in range(t * NG // S, (t + 1) * NG // S):
+            if G == 1:  # tile as (F, P): the sample's conv planes
+                planes = tt.reshape(F, OH, OW)
+                conv_group_product(x, g, 1, KH, KW, sh, sw, ph, pw, wb, cols[g],
+                                   tt.reshape(F, P))
+                for f in range(F):  # relu + pool, literal arguments: specialized copy
+                    window2x2(planes[f], 2, 2, True, pout[g, f], argmax[g, f])
+            else:  # tile as (G*P, F): pixel rows, channel f every F floats
+                pixels = tt.reshape(G, OH, OW, F)
+                conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g],
+                                   tt.reshape(G * P, F))
+                for s in range(G):
+                    for f in range(F):
+                        window2x2(pixels[s, :, :, f], 2, 2, True, pout[g * G + s, f],
+                                  argmax[g * G + s, f])
+
+
+@helper
+def unpool_relu(dpool, argmax, pout, n0, P, dg):
+    """dg (F, G*P): the gradient of samples n0 .. n0+G-1 before the pool, in the
+    layout of ``gather_dout``. Each window's gradient goes to its argmax, and is
+    dropped where the window's maximum is <= 0 (the ReLU's derivative): the
+    arithmetic of ``maxpool2d_backward`` with relu=True, so the same bits."""
+    F = dg.shape[0]
+    G = dg.shape[1] // P
+    PH, PW = dpool.shape[2], dpool.shape[3]
+    zero = dg.dtype.type(0)
+    dg[:] = 0
+    for s in range(G):
+        for f in range(F):
+            gp = dpool[n0 + s, f]
+            ap = argmax[n0 + s, f]
+            op = pout[n0 + s, f]
+            row = dg[f]
+            for i in range(PH):
+                for j in range(PW):
+                    row[s * P + ap[i, j]] += zero if op[i, j] <= zero else gp[i, j]
+
+
+def conv2d_relu_pool_backward(dpool, argmax, pout, w, cols, sh, sw, ph, pw, OH, OW, need_dx,
+                              tile, partial, dcols, dw, db, dx):
+    """The gradients of ``conv2d_relu_pool_forward``: dw, db and (if ``need_dx``) dx."""
+    N = dpool.shape[0]
+    F, C, KH, KW = w.shape
+    NG, _, K1 = partial.shape
+    K, P = K1 - 1, OH * OW
+    G = N // NG
+    S = tile.shape[0]
+    w2 = w.reshape(F, K)
+    dw2 = dw.reshape(F, K)
+    # PARALLEL: one run of consecutive groups per iteration, as in conv2d_backward:
+    # run t writes only its tile[t] and dcols[t], partial[g] of its own groups
+    # and the dx of its own samples.
+    for t in prange(S):
+        dg = tile[t].reshape(F, G * P)
+        for g in range(t * NG // S, (t + 1) * NG // S):
+            unpool_relu(dpool, argmax, pout, g * G, P, dg)
+            backward_group(dg, w2, cols[g], KH, KW, sh, sw, ph, pw, need_dx, partial[g],
+                           dcols[t], dx[g * G:(g + 1) * G])
+    # PARALLEL: one output channel per iteration, groups summed in a fixed order.
+    for f in prange(F):
+        sum_group_partials(partial, f, dw2, db)

@@ -1,0 +1,133 @@
+"""The conv + ReLU + max-pool kernels (kernels/convpool.py) and their use by Sequential:
+the same bits as the separate conv, ReLU and pool kernels, forward and backward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scratchcnn as sc
+from scratchcnn.kernels import CPU_ONLY, parallel, serial
+from scratchcnn.kernels.conv import conv2d_workspace_shapes
+from scratchcnn.model import reference_cnn
+
+from kernel_args import conv_workspaces
+
+# (N, C, H, W, F, K, stride, pad): the reference network's first two layers
+# (batch 8), odd conv outputs (the pool drops the last row/column), padding and stride
+CASES = [
+    (8, 3, 32, 32, 32, 3, 1, 0),
+    (8, 32, 15, 15, 64, 3, 1, 0),
+    (4, 2, 9, 8, 3, 3, 1, 0),
+    (6, 3, 8, 11, 5, 3, 2, 1),
+    (3, 4, 7, 7, 2, 2, 1, 1),
+]
+
+
+def _bits(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("be", [serial, parallel], ids=lambda b: b.name)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fused_kernels_equal_separate_kernels(case, be, dtype, numba_threads):
+    n, c, h, w, f, k, s, p = case
+    numba_threads(2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    pshape = (n, f, oh // 2, ow // 2)
+    dpool = rng.standard_normal(pshape).astype(dtype)
+    groups = [g for g in range(1, n + 1) if n % g == 0]
+    for group in groups:
+        for slots in (None, 1, 2):
+            # separate: conv (+ReLU), max-pool; backward: pool (+ReLU mask), conv
+            ws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (s, s), (p, p),
+                                 dtype, group, slots)
+            out = np.full((n, f, oh, ow), np.nan, dtype)
+            be.conv2d_forward(x, wt, b, s, s, p, p, True, ws["wb"], ws["cols"],
+                              ws["gemm_out"], out)
+            pout, am = np.full(pshape, np.nan, dtype), np.full(pshape, -1, np.int32)
+            be.maxpool2d_forward(out, 2, 2, 2, 2, pout, am)
+            dconv = np.full(out.shape, np.nan, dtype)
+            be.maxpool2d_backward(dpool, am, pout, True, dconv)
+            dx, dw, db = (np.full(a.shape, np.nan, dtype) for a in (x, wt, b))
+            be.conv2d_backward(dconv, wt, ws["cols"], s, s, p, p, True, ws["gemm_out"],
+                               ws["partial"], ws["dcols"], dw, db, dx)
+            # fused
+            fws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (s, s),
+                                  (p, p), dtype, group, slots)
+            fpout, fam = np.full(pshape, np.nan, dtype), np.full(pshape, -1, np.int32)
+            be.conv2d_relu_pool_forward(x, wt, b, s, s, p, p, oh, ow, fws["wb"], fws["cols"],
+                                        fws["tile"], fpout, fam)
+            assert _bits(fpout) == _bits(pout) and _bits(fam) == _bits(am)
+            assert _bits(fws["cols"]) == _bits(ws["cols"])  # kept for backward, as unfused
+            for need_dx in (True, False):
+                fdx, fdw, fdb = (np.full(a.shape, np.nan, dtype) for a in (x, wt, b))
+                be.conv2d_relu_pool_backward(dpool, fam, fpout, wt, fws["cols"], s, s, p, p,
+                                             oh, ow, need_dx, fws["tile"], fws["partial"],
+                                             fws["dcols"], fdw, fdb, fdx)
+                assert _bits(fdw) == _bits(dw) and _bits(fdb) == _bits(db)
+                if need_dx:
+                    assert _bits(fdx) == _bits(dx)
+                else:
+                    assert np.isnan(fdx).all()  # not touched
+
+
+def _step(backend: str, fuse: bool, dtype=np.float32):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 3, 32, 32)).astype(dtype)
+    y = rng.integers(0, 10, 8)
+    model = reference_cnn(seed=0, backend=backend, dtype=dtype)
+    model.fuse_conv_pool = fuse
+    loss = sc.SoftmaxCrossEntropy(backend=backend, dtype=dtype)
+    logits = model.forward(x)
+    loss.forward(logits, y)
+    dx = model.backward(loss.backward(), need_input_grad=True)
+    grads = [p.grad.copy() for p in model.parameters()]
+    return model, logits, dx, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", ["serial", "parallel"])
+def test_sequential_fuses_conv_relu_pool(backend, dtype):
+    fused, logits, dx, grads = _step(backend, True, dtype)
+    plain, logits0, dx0, grads0 = _step(backend, False, dtype)
+    assert fused._pooled == {0, 2} and plain._pooled == set()  # conv1+pool1, conv2+pool2
+    assert _bits(logits) == _bits(logits0) and _bits(dx) == _bits(dx0)
+    for g, g0 in zip(grads, grads0):
+        assert _bits(g) == _bits(g0)
+    # the pool layers keep what the separate pass would have left
+    for i in (1, 3):
+        assert _bits(fused.layers[i]._argmax) == _bits(plain.layers[i]._argmax)
+
+
+def test_which_pairs_fuse():
+    conv = sc.Conv2D(3, 4, 3, activation="relu", backend="serial")
+    assert conv.can_pool_with(sc.MaxPool2D(2, backend="serial"))
+    assert not conv.can_pool_with(sc.MaxPool2D(3, backend="serial"))  # 3x3 window
+    assert not conv.can_pool_with(sc.MaxPool2D(2, stride=1, backend="serial"))
+    assert not conv.can_pool_with(sc.MaxPool2D(2, backend="parallel"))  # other backend
+    assert not conv.can_pool_with(sc.Flatten(backend="serial"))
+    assert not sc.Conv2D(3, 4, 3, backend="serial").can_pool_with(
+        sc.MaxPool2D(2, backend="serial"))  # no ReLU
+    assert set(CPU_ONLY) == {"conv2d_relu_pool_forward", "conv2d_relu_pool_backward"}
+
+
+def test_backward_must_match_the_forward_that_ran():
+    conv = sc.Conv2D(3, 4, 3, activation="relu", backend="serial")
+    pool = sc.MaxPool2D(2, backend="serial")
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="needs forward_pooled"):
+        conv.backward_pooled(np.zeros((2, 4, 3, 3), np.float32))
+    out = conv.forward_pooled(x, pool)
+    assert out.shape == (2, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="use backward_pooled"):
+        conv.backward(np.zeros((2, 4, 6, 6), np.float32))
+    with pytest.raises(ValueError, match=r"pool1|maxpool2d.*expected shape"):
+        conv.backward_pooled(np.zeros((2, 4, 6, 6), np.float32))
+    with pytest.raises(ValueError, match="2x2, stride-2"):
+        sc.Conv2D(3, 4, 3, backend="serial").forward_pooled(x, pool)
