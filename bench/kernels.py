@@ -8,6 +8,12 @@ parallel build alternately (so machine noise hits both alike), reports the
 best and the median time in milliseconds, GFLOP/s (from the best time), the
 fraction of the machine's float32 GEMM peak (measured first, same process),
 and the parallel speedup (ratio of the medians).
+
+Both builds get the same arguments, so the conv workspaces have one scratch
+slot per sample group (``conv2d_workspace_shapes`` default); the layers give
+the serial build a single slot, which stays in cache (its "fused" rows here are
+a little pessimistic). The "+ ReLU + max-pool, fused" rows are what the model
+runs for conv1 and conv2 (``kernels/convpool.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ def cases(n: int):
         return rng.standard_normal(shape, dtype=f32)
 
     out = []
+    from scratchcnn.kernels import serial
     from scratchcnn.kernels.conv import conv2d_workspace_shapes
 
     convs = [("conv1", 3, 32, 32, 32), ("conv2", 32, 64, 15, 15), ("conv3", 64, 64, 6, 6)]
@@ -67,10 +74,21 @@ def cases(n: int):
             (f"{name} backward weight", "conv2d_backward_weight",
              (dout, ws["cols"], ws["gemm_out"], ws["partial"], dw, db), flops),
         ]
-        if name != "conv1":  # what the layer runs: both gradients fused (conv1 needs no dx)
+        if name != "conv1":  # both gradients in one kernel (conv1 needs no dx)
             out.append((f"{name} backward, both fused", "conv2d_backward",
                         (dout, wt, ws["cols"], 1, 1, 0, 0, True, ws["gemm_out"], ws["partial"],
                          ws["dcols"], dw, db, dx), 2 * flops))
+        if name != "conv3":  # what the model runs for conv1/conv2: conv + ReLU + 2x2 pool
+            pshape = (n, f, oh // 2, ow // 2)
+            pout, am = np.empty(pshape, f32), np.empty(pshape, np.int32)
+            fwd = (x, wt, b, 1, 1, 0, 0, oh, ow, ws["wb"], ws["cols"], ws["tile"], pout, am)
+            serial.conv2d_relu_pool_forward(*fwd)  # a real argmax for the backward rows
+            out += [(f"{name} + ReLU + max-pool forward, fused", "conv2d_relu_pool_forward",
+                     fwd, flops),
+                    (f"{name} backward from the pool, fused", "conv2d_relu_pool_backward",
+                     (arr(*pshape), am, pout, wt, ws["cols"], 1, 1, 0, 0, oh, ow,
+                      name != "conv1", ws["tile"], ws["partial"], ws["dcols"], dw, db, dx),
+                     flops if name == "conv1" else 2 * flops)]
     for name, c, h in [("pool1", 32, 30), ("pool2", 64, 13)]:
         x = arr(n, c, h, h)
         o = h // 2

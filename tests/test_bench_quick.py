@@ -147,3 +147,17 @@ def test_loader_bench(tmp_path):
         assert 0 <= x["wait_seconds"]["median"] <= x["epoch_seconds"]["median"]
     assert_png(tmp_path / "loader.png")
     assert "| loader threads |" in (tmp_path / "loader.md").read_text()
+
+
+def test_fusion_bench():
+    cmd = [sys.executable, str(BENCH / "fusion.py"), "--threads", "2", "--rounds", "1",
+           "--steps", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines()
+            if line.startswith(("| serial", "| parallel@2"))]
+    assert [row[0].strip() for row in rows] == ["serial", "parallel@2"]
+    for _, plain, fused, ratio in rows:
+        plain, fused = float(plain), float(fused)
+        assert plain > 0 and fused > 0
+        assert float(ratio.strip().rstrip("x")) == pytest.approx(fused / plain, abs=0.01)
