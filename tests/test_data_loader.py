@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import threading
 import time
 
@@ -320,3 +322,17 @@ def test_warm_up_compiles_the_signature_the_loader_uses(data):
             _collect(images, labels, 0, threads=0, augment=aug, shuffle=shuffle)
     assert len(augment.gather_normalize.signatures) == n_plain
     assert len(augment.gather_augment_normalize.signatures) == n_aug
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+@pytest.mark.parametrize("low", [True, False])
+def test_loader_threads_run_at_low_priority(data, low):
+    images, labels = data
+    main_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    with BatchLoader(images, labels, 8, threads=2, low_priority=low) as loader:
+        list(loader.epoch(0))
+        workers = _loader_threads()
+        assert workers
+        nices = {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in workers}
+    assert nices == ({19} if low else {main_nice})
+    assert os.getpriority(os.PRIO_PROCESS, 0) == main_nice  # this thread is untouched
