@@ -34,6 +34,7 @@ transfers are the identity (no copy) and ``synchronize`` does nothing.
 from __future__ import annotations
 
 import importlib.util
+from functools import cache
 from types import SimpleNamespace
 
 import numba
@@ -77,21 +78,28 @@ _HOST_ARRAYS = dict(empty=np.empty, zeros=np.zeros, to_device=_identity, to_host
                     copy_into=_copy_into, synchronize=_nothing, is_device_array=_no_device)
 
 
-def _serial_workspace_shapes(*args, **kw) -> dict:
+@cache
+def _workspace_shapes(args: tuple, group: int | None, slots: int) -> dict:
+    """``conv.conv2d_workspace_shapes``, computed once per geometry and slot count."""
+    return conv.conv2d_workspace_shapes(*args, group=group, slots=slots)
+
+
+def _serial_workspace_shapes(*args, group: int | None = None) -> dict:
     """``conv.conv2d_workspace_shapes`` with one dcols slot: one thread runs the backward."""
-    return conv.conv2d_workspace_shapes(*args, slots=1, **kw)
+    return dict(_workspace_shapes(args, group, 1))
 
 
-def _parallel_workspace_shapes(*args, **kw) -> dict:
+def _parallel_workspace_shapes(*args, group: int | None = None) -> dict:
     """``conv.conv2d_workspace_shapes`` with one dcols slot per thread that runs the backward.
 
     The *current* thread count (``numba.get_num_threads()``, set per calling
     thread), not the pool size: with 8 slots on 2 threads each thread would walk
     4 slots of scratch instead of reusing one that stays in cache. The layers ask
-    again every forward pass, so a changed thread count gets its own workspaces.
-    The results do not depend on the slot count (tests check the bits).
+    every forward pass (answered from a cache), so a changed thread count gets
+    its own workspaces. The results do not depend on the slot count (tests check
+    the bits).
     """
-    return conv.conv2d_workspace_shapes(*args, slots=numba.get_num_threads(), **kw)
+    return dict(_workspace_shapes(args, group, numba.get_num_threads()))
 
 
 def _make_backend(name: str, parallel: bool) -> SimpleNamespace:

@@ -229,8 +229,8 @@ class Conv2D(Layer):
                              f"{kh}x{kw} kernel (with padding {self.padding})")
         self._out_shape = (n, *self.output_shape((c, h, w)))
         self._in_shape = x.shape
-        # asked every call (a few microseconds): the parallel backend's scratch
-        # slots follow the current thread count
+        # asked every call (the backend caches the answer): the parallel
+        # backend's scratch slots follow the current thread count
         self._ws_shapes = self._k.conv2d_workspace_shapes(n, c, h, w, self.out_channels,
                                                           kh, kw, sh, sw, ph, pw)
         self._cols = self._workspace("cols")  # kept for the weight gradient
@@ -272,10 +272,10 @@ class Conv2D(Layer):
         """``pool.forward(self.forward(x))`` in one kernel: the conv output is never
         written (see kernels/convpool.py). Same result, bit for bit; the pool layer
         keeps its argmax and output as if it had run. Backward: ``backward_pooled``."""
-        x = self._prepare(x)
-        if not self.can_pool_with(pool):
+        if not self.can_pool_with(pool):  # before _prepare: a refused call changes nothing
             raise ValueError(f"{self.name}: forward_pooled needs activation='relu' and a "
                              f"2x2, stride-2 MaxPool2D on the same CPU backend")
+        x = self._prepare(x)
         n, f, oh, ow = self._out_shape
         if oh < 2 or ow < 2:
             raise ValueError(f"{pool.name}: input {self._out_shape} is smaller than the "

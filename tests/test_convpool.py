@@ -129,5 +129,7 @@ def test_backward_must_match_the_forward_that_ran():
         conv.backward(np.zeros((2, 4, 6, 6), np.float32))
     with pytest.raises(ValueError, match=r"pool1|maxpool2d.*expected shape"):
         conv.backward_pooled(np.zeros((2, 4, 6, 6), np.float32))
+    plain = sc.Conv2D(3, 4, 3, backend="serial")
     with pytest.raises(ValueError, match="2x2, stride-2"):
-        sc.Conv2D(3, 4, 3, backend="serial").forward_pooled(x, pool)
+        plain.forward_pooled(x, pool)
+    assert not hasattr(plain, "_in_shape")  # refused before touching the layer's state
