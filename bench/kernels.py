@@ -53,7 +53,7 @@ def cases(n: int):
 
     out = []
     from scratchcnn.kernels import serial
-    from scratchcnn.kernels.conv import conv2d_workspace_shapes
+    from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 
     convs = [("conv1", 3, 32, 32, 32), ("conv2", 32, 64, 15, 15), ("conv3", 64, 64, 6, 6)]
     for name, c, f, h, w in convs:

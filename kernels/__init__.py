@@ -42,12 +42,12 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that np.dot in njit calls)
 from threadpoolctl import threadpool_limits
 
-from . import activation, conv, convpool, dense, loss, optim, pool
+from . import activation, conv, conv_fast, convpool, dense, loss, optim, pool
 from ._build import build
 
 threadpool_limits(limits=1, user_api="blas")
 
-_MODULES = (conv, convpool, pool, dense, activation, loss, optim)
+_MODULES = (conv, conv_fast, convpool, pool, dense, activation, loss, optim)
 
 #: Names of all kernels each backend provides.
 KERNEL_NAMES: tuple[str, ...] = tuple(name for mod in _MODULES for name in mod.__all__)
@@ -80,17 +80,17 @@ _HOST_ARRAYS = dict(empty=np.empty, zeros=np.zeros, to_device=_identity, to_host
 
 @cache
 def _workspace_shapes(args: tuple, group: int | None, slots: int) -> dict:
-    """``conv.conv2d_workspace_shapes``, computed once per geometry and slot count."""
-    return conv.conv2d_workspace_shapes(*args, group=group, slots=slots)
+    """``conv_fast.conv2d_workspace_shapes``, computed once per geometry and slot count."""
+    return conv_fast.conv2d_workspace_shapes(*args, group=group, slots=slots)
 
 
 def _serial_workspace_shapes(*args, group: int | None = None) -> dict:
-    """``conv.conv2d_workspace_shapes`` with one dcols slot: one thread runs the backward."""
+    """``conv_fast.conv2d_workspace_shapes`` with one dcols slot: one thread runs the backward."""
     return dict(_workspace_shapes(args, group, 1))
 
 
 def _parallel_workspace_shapes(*args, group: int | None = None) -> dict:
-    """``conv.conv2d_workspace_shapes`` with one dcols slot per thread that runs the backward.
+    """``conv_fast.conv2d_workspace_shapes`` with one dcols slot per thread that runs the backward.
 
     The *current* thread count (``numba.get_num_threads()``, set per calling
     thread), not the pool size: with 8 slots on 2 threads each thread would walk

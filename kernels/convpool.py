@@ -27,7 +27,7 @@ from __future__ import annotations
 from numba import prange
 
 from ._build import helper
-from .conv import backward_group, conv_group_product, sum_group_partials
+from .conv_fast import backward_group, conv_group_product, sum_group_partials
 from .pool import window2x2
 
 __all__ = ["conv2d_relu_pool_forward", "conv2d_relu_pool_backward"]

@@ -8,7 +8,7 @@ import pytest
 
 import scratchcnn as sc
 from scratchcnn.kernels import CPU_ONLY, parallel, serial
-from scratchcnn.kernels.conv import conv2d_workspace_shapes
+from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 from scratchcnn.model import reference_cnn
 
 from kernel_args import conv_workspaces

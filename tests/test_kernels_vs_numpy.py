@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scratchcnn.kernels import parallel, serial
-from scratchcnn.kernels.conv import conv2d_workspace_shapes
+from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 
 import reference as ref
 from kernel_args import conv_workspaces

@@ -12,7 +12,7 @@ import pytest
 
 import scratchcnn as sc
 from scratchcnn.kernels import parallel, serial
-from scratchcnn.kernels.conv import conv2d_workspace_shapes
+from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 
 from conftest import THREAD_COUNTS
 from kernel_args import conv_workspaces

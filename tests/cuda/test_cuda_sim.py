@@ -26,7 +26,7 @@ import pytest
 
 import scratchcnn as sc
 from scratchcnn.kernels import CPU_ONLY, KERNEL_NAMES, get_backend, serial
-from scratchcnn.kernels.conv import conv2d_workspace_shapes
+from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 
 from conftest import write_fake_cifar_files
 
