@@ -40,6 +40,7 @@ def main() -> None:
     import numba
     import numpy as np
 
+    from scratchcnn.loop import train_step
     from scratchcnn.losses import SoftmaxCrossEntropy
     from scratchcnn.model import reference_cnn
     from scratchcnn.optim import Adam
@@ -63,9 +64,7 @@ def main() -> None:
                 times = []
                 for i in range(args.steps + 10):  # 10 untimed: warm caches (and compile)
                     t0 = time.perf_counter()
-                    loss.forward(model.forward(x), y)
-                    model.backward(loss.backward())
-                    opt.step()
+                    train_step(model, loss, opt, x, y)
                     if i >= 10:
                         times.append(time.perf_counter() - t0)
                 medians[fuse].append(statistics.median(times) * 1e3)

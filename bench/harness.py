@@ -28,7 +28,8 @@ import numpy as np
 
 from scratchcnn.data.loader import BatchLoader
 from scratchcnn.layers import Conv2D, Dense
-from scratchcnn.losses import SoftmaxCrossEntropy, accuracy_count
+from scratchcnn.loop import evaluate, train_step, warm_up
+from scratchcnn.losses import SoftmaxCrossEntropy
 from scratchcnn.model import Sequential, reference_cnn
 from scratchcnn.optim import Adam
 
@@ -213,13 +214,10 @@ class ScratchRun:
         total, correct, seen = 0.0, 0, 0
         t0 = time.perf_counter()
         for x, y in loader.epoch(epoch):
-            logits = model.forward(x)
-            batch_loss = loss.forward(logits, y)
-            model.backward(loss.backward())
-            opt.step()
-            total += batch_loss * len(y)
-            correct += accuracy_count(logits, y)
-            seen += len(y)
+            step = train_step(model, loss, opt, x, y)
+            total += step.loss * step.count
+            correct += step.correct
+            seen += step.count
         seconds = time.perf_counter() - t0
         parts = dict(self.timers.seconds) if self.timers else {}
         return EpochResult(seconds, seen, total / seen, correct / seen, loader.wait_seconds,
@@ -228,13 +226,7 @@ class ScratchRun:
     def evaluate(self, loader: BatchLoader) -> tuple[float, float]:
         """Mean loss and accuracy over ``loader``'s images (unshuffled, epoch 0)."""
         self._use_threads()
-        total, correct, seen = 0.0, 0, 0
-        for x, y in loader.epoch(0):
-            logits = self.model.forward(x)
-            total += self.loss.forward(logits, y) * len(y)
-            correct += accuracy_count(logits, y)
-            seen += len(y)
-        return total / seen, correct / seen
+        return evaluate(self.model, self.loss, loader.epoch(0))
 
     def weights(self) -> dict[str, bytes]:
         """The raw bytes of every parameter (host copies), for bit-for-bit comparison."""
@@ -245,7 +237,7 @@ class ScratchRun:
 def warm_up_backend(backend: str) -> dict:
     """Compile (or load from Numba's cache) every training kernel of ``backend``; timed.
 
-    Mirrors ``scratchcnn.train.Trainer._warm_up`` on a throwaway model. Returns
+    ``scratchcnn.loop.warm_up`` (what the training CLI runs) on a throwaway model. Returns
     seconds and how many kernels came from the on-disk cache vs were compiled.
     """
     from scratchcnn.kernels import get_backend
@@ -254,10 +246,7 @@ def warm_up_backend(backend: str) -> dict:
     model = reference_cnn(seed=0, backend=backend)
     loss = SoftmaxCrossEntropy(backend=backend)
     opt = Adam(model.parameters(), backend=backend)
-    x = np.zeros((2, 3, 32, 32), np.float32)
-    loss.forward(model.forward(x), np.zeros(2, np.int64))
-    model.backward(loss.backward())
-    opt.warm_up()
+    warm_up(model, loss, opt, loader=False)
     seconds = time.perf_counter() - t0
     ns = get_backend(backend)
     hits = misses = 0

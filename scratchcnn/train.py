@@ -247,176 +247,194 @@ class Trainer:
     def evaluate(self, model, loss, images, labels) -> tuple[float, float]:
         """Mean loss and accuracy over a whole image set, in fixed-size batches."""
         from scratchcnn.data.loader import BatchLoader
-        from scratchcnn.losses import accuracy_count
+        from scratchcnn.loop import evaluate
 
-        total_loss, correct = 0.0, 0
         with BatchLoader(images, labels, self.args.eval_batch_size, shuffle=False,
                          threads=self.args.loader_threads, prefetch=self.args.prefetch) as ld:
-            for x, y in ld.epoch(0):
-                logits = model.forward(x)
-                total_loss += loss.forward(logits, y) * len(y)
-                correct += accuracy_count(logits, y)
-        return total_loss / len(labels), correct / len(labels)
+            return evaluate(model, loss, ld.epoch(0))
 
     def train(self, data) -> int:
-        from tqdm import tqdm
-
-        from scratchcnn.checkpoint import restore, save_checkpoint
+        """Set up, then train epoch by epoch; 130 when interrupted (checkpoint written)."""
         from scratchcnn.data.loader import BatchLoader
-        from scratchcnn.losses import accuracy_count
-        from scratchcnn.optim import SGD, Adam
-        from scratchcnn.plots import plot_curves
+
+        a = self.args
+        if not self._set_up(data):
+            return 0
+        self.first_batch_seconds, self.startup_recorded = None, False
+        stop = StopRequested()
+        loader = BatchLoader(self.train_x, self.train_y, self.settings["batch_size"],
+                             shuffle=True, seed=self.settings["seed"],
+                             augment=self.settings["augment"], threads=a.loader_threads,
+                             prefetch=a.prefetch)
+        try:
+            for epoch in range(self.progress.epoch + 1, a.epochs + 1):
+                if not self._train_epoch(loader, epoch, stop):
+                    return self._interrupted(f"at epoch {epoch}, batch "
+                                             f"{self.progress.batch}/{len(loader)}")
+                self._end_epoch(epoch, loader)
+                if stop.requested and epoch < a.epochs:
+                    return self._interrupted(f"after epoch {epoch}")
+        finally:
+            loader.close()
+            stop.restore()
+        print(f"done: best test accuracy {100 * self.progress.best_test_acc:.2f}%; run "
+              f"folder {self.out}")
+        return 0
+
+    def _set_up(self, data) -> bool:
+        """Model, optimizer, resumed state, data slices, warm-up, run folder and config.
+
+        False when a resumed run has nothing left to do."""
+        from scratchcnn.checkpoint import restore
+        from scratchcnn.loop import warm_up
         from scratchcnn.runinfo import machine, versions
 
         a = self.args
-        settings, progress = self._settings()
-        out = self._run_dir()
-        model, loss = self._model(settings["seed"])
-        if settings["optimizer"] == "adam":
-            opt = Adam(model.parameters(), lr=settings["lr"], backend=a.backend)
-        else:
-            opt = SGD(model.parameters(), lr=settings["lr"], momentum=settings["momentum"],
-                      backend=a.backend)
+        self.settings, self.progress = settings, progress = self._settings()
+        self.out = self._run_dir()
+        self.model, self.loss = self._model(settings["seed"])
+        self.opt = self._optimizer()
         if self.resume_arrays is not None:
-            restore(self.resume_arrays, str(self.resume_path), model, opt)
+            restore(self.resume_arrays, str(self.resume_path), self.model, self.opt)
             if progress.epoch >= a.epochs and progress.batch == 0:
                 print(f"{self.resume_path}: already trained for {progress.epoch} epochs "
                       f"(--epochs {a.epochs}); nothing to do")
-                return 0
-
+                return False
         n_train = min(settings["limit_train"] or len(data.train_labels), len(data.train_labels))
         n_test = min(settings["limit_test"] or len(data.test_labels), len(data.test_labels))
-        train_x, train_y = data.train_images[:n_train], data.train_labels[:n_train]
-        test_x, test_y = data.test_images[:n_test], data.test_labels[:n_test]
+        self.train_x, self.train_y = data.train_images[:n_train], data.train_labels[:n_train]
+        self.test_x, self.test_y = data.test_images[:n_test], data.test_labels[:n_test]
 
         t0 = time.perf_counter()
-        self._warm_up(model, loss, opt, settings["batch_size"])
+        warm_up(self.model, self.loss, self.opt)
         compile_seconds = time.perf_counter() - t0
-
         config = {
             "command": a.command, "args": vars(a), "settings": settings, "train_images": n_train,
             "test_images": n_test, "backend": a.backend, "threads": a.threads,
             "loader_threads": a.loader_threads, "compile_seconds": round(compile_seconds, 3),
-            "parameters": model.num_parameters(), "versions": versions(), "machine": machine(),
-            "started": datetime.now().isoformat(timespec="seconds"),
+            "parameters": self.model.num_parameters(), "versions": versions(),
+            "machine": machine(), "started": datetime.now().isoformat(timespec="seconds"),
             "resumed_from": str(self.resume_path) if self.resume_path else None,
         }
-        _write_json(out / "config.json", config)
+        _write_json(self.out / "config.json", config)
         progress.config = {"settings": settings}
-        metrics = _read_metrics(out / "metrics.jsonl", up_to=progress.epoch)
-        _write_metrics(out / "metrics.jsonl", metrics)
-        print(f"run folder: {out}  |  {n_train} train / {n_test} test images  |  backend "
+        self.metrics = _read_metrics(self.out / "metrics.jsonl", up_to=progress.epoch)
+        _write_metrics(self.out / "metrics.jsonl", self.metrics)
+        print(f"run folder: {self.out}  |  {n_train} train / {n_test} test images  |  backend "
               f"{a.backend}, {_compute_units(a)}, "
               f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
+        return True
 
-        first_batch_seconds, startup_recorded = None, False
-        stop = StopRequested()
-        loader = BatchLoader(train_x, train_y, settings["batch_size"], shuffle=True,
-                             seed=settings["seed"], augment=settings["augment"],
-                             threads=a.loader_threads, prefetch=a.prefetch)
+    def _optimizer(self):
+        from scratchcnn.optim import SGD, Adam
+
+        s, params = self.settings, self.model.parameters()
+        if s["optimizer"] == "adam":
+            return Adam(params, lr=s["lr"], backend=self.args.backend)
+        return SGD(params, lr=s["lr"], momentum=s["momentum"], backend=self.args.backend)
+
+    def _train_epoch(self, loader, epoch: int, stop: StopRequested) -> bool:
+        """Train one epoch (or its rest, after a resume); False when interrupted mid-epoch
+        (``progress`` then holds the position and the running sums)."""
+        from tqdm import tqdm
+
+        from scratchcnn.loop import NonFiniteLoss, train_step
+
+        a, progress = self.args, self.progress
+        skip = progress.batch
+        sums = progress.partial if skip else {
+            "loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "wait": 0.0}
+        self.resumed_mid_epoch = bool(skip)
+        wait_before = sums["wait"]
+        bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch}/{a.epochs}",
+                   unit="batch", leave=False, dynamic_ncols=True,
+                   disable=True if a.no_progress else None)
+        t_start = time.perf_counter()
         try:
-            for epoch in range(progress.epoch + 1, a.epochs + 1):
-                skip = progress.batch
-                sums = progress.partial if skip else {
-                    "loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "wait": 0.0}
-                wait_before = sums["wait"]
-                bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch}/{a.epochs}",
-                           unit="batch", leave=False, dynamic_ncols=True,
-                           disable=True if a.no_progress else None)
-                t_start = time.perf_counter()
-                for b, (x, y) in enumerate(loader.epoch(epoch, start=skip), start=skip):
-                    if first_batch_seconds is None:
-                        first_batch_seconds = time.perf_counter() - _LAUNCH
-                        print(f"first batch {first_batch_seconds:.1f} s after launch (data "
-                              f"loading, Numba import and JIT warm-up included)", flush=True)
-                    logits = model.forward(x)
-                    batch_loss = loss.forward(logits, y)
-                    if not math.isfinite(batch_loss):
-                        bar.close()
-                        kept = (f"the last good checkpoint ({progress.epoch} epochs) is "
-                                f"{out / 'checkpoint.npz'}" if progress.epoch else
-                                "no checkpoint was written")
-                        fail(f"loss became {batch_loss} at epoch {epoch}, batch {b + 1}; "
-                             f"training stopped, {kept}; try a lower --lr")
-                    model.backward(loss.backward())
-                    opt.step()
-                    sums["loss"] += batch_loss * len(y)
-                    sums["correct"] += accuracy_count(logits, y)
-                    sums["seen"] += len(y)
-                    bar.update(1)
-                    if b % 20 == 0 or b == len(loader) - 1:
-                        el = sums["seconds"] + time.perf_counter() - t_start
-                        bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
-                                        img_s=f"{(sums['seen']) / max(el, 1e-9):.0f}",
-                                        refresh=False)
-                    if stop.requested and b + 1 < len(loader):
-                        sums["seconds"] += time.perf_counter() - t_start
-                        sums["wait"] = wait_before + loader.wait_seconds
-                        progress.batch, progress.partial = b + 1, sums
-                        save_checkpoint(out / "checkpoint.npz", model, opt, progress)
-                        bar.close()
-                        print(f"interrupted at epoch {epoch}, batch {b + 1}/{len(loader)}; "
-                              f"checkpoint written. Resume with: {PROG} --resume "
-                              f"{out / 'checkpoint.npz'} --epochs {a.epochs}", file=sys.stderr)
-                        return 130
-                sums["seconds"] += time.perf_counter() - t_start
-                sums["wait"] = wait_before + loader.wait_seconds
-                bar.close()
-
-                t_eval = time.perf_counter()
-                test_loss, test_acc = self.evaluate(model, loss, test_x, test_y)
-                row = {
-                    "epoch": epoch,
-                    "train_loss": sums["loss"] / sums["seen"],
-                    "train_acc": sums["correct"] / sums["seen"],
-                    "test_loss": test_loss, "test_acc": test_acc,
-                    "epoch_seconds": sums["seconds"],
-                    "images_per_second": sums["seen"] / sums["seconds"],
-                    "loader_wait_seconds": sums["wait"],
-                    "eval_seconds": time.perf_counter() - t_eval,
-                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                    "resumed_mid_epoch": bool(skip),
-                }
-                if not startup_recorded:  # the first epoch this process trained
-                    row["seconds_to_first_batch"] = first_batch_seconds
-                    startup_recorded = True
-                metrics.append(row)
-                progress.epoch, progress.batch, progress.partial = epoch, 0, {}
-                if test_acc > progress.best_test_acc:
-                    progress.best_test_acc = test_acc
-                    save_checkpoint(out / "best.npz", model, opt, progress)
-                save_checkpoint(out / "checkpoint.npz", model, opt, progress)
-                _write_metrics(out / "metrics.jsonl", metrics)
-                plot_curves(metrics, out / "curves.png",
-                            title=f"scratchcnn, {a.backend} backend, batch "
-                                  f"{settings['batch_size']}, {settings['optimizer']}")
-                print(f"epoch {epoch:>3}/{a.epochs}  train loss {row['train_loss']:.4f} "
-                      f"acc {100 * row['train_acc']:.2f}%  |  test loss {test_loss:.4f} "
-                      f"acc {100 * test_acc:.2f}%  |  {row['epoch_seconds']:.1f} s  "
-                      f"{row['images_per_second']:.0f} img/s  data wait "
-                      f"{row['loader_wait_seconds']:.2f} s", flush=True)
-                if stop.requested and epoch < a.epochs:
-                    print(f"interrupted after epoch {epoch}; checkpoint written. Resume with: "
-                          f"{PROG} --resume {out / 'checkpoint.npz'} --epochs {a.epochs}",
-                          file=sys.stderr)
-                    return 130
+            for b, (x, y) in enumerate(loader.epoch(epoch, start=skip), start=skip):
+                if self.first_batch_seconds is None:
+                    self.first_batch_seconds = time.perf_counter() - _LAUNCH
+                    print(f"first batch {self.first_batch_seconds:.1f} s after launch (data "
+                          f"loading, Numba import and JIT warm-up included)", flush=True)
+                try:
+                    step = train_step(self.model, self.loss, self.opt, x, y)
+                except NonFiniteLoss as e:
+                    bar.close()
+                    kept = (f"the last good checkpoint ({progress.epoch} epochs) is "
+                            f"{self.out / 'checkpoint.npz'}" if progress.epoch else
+                            "no checkpoint was written")
+                    fail(f"{e} at epoch {epoch}, batch {b + 1}; training stopped, {kept}; "
+                         f"try a lower --lr")
+                sums["loss"] += step.loss * step.count
+                sums["correct"] += step.correct
+                sums["seen"] += step.count
+                bar.update(1)
+                if b % 20 == 0 or b == len(loader) - 1:
+                    el = sums["seconds"] + time.perf_counter() - t_start
+                    bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
+                                    img_s=f"{sums['seen'] / max(el, 1e-9):.0f}", refresh=False)
+                if stop.requested and b + 1 < len(loader):
+                    sums["seconds"] += time.perf_counter() - t_start
+                    sums["wait"] = wait_before + loader.wait_seconds
+                    progress.batch, progress.partial = b + 1, sums
+                    return False
         finally:
-            loader.close()
-            stop.restore()
-        print(f"done: best test accuracy {100 * progress.best_test_acc:.2f}%; run folder {out}")
-        return 0
+            bar.close()
+        sums["seconds"] += time.perf_counter() - t_start
+        sums["wait"] = wait_before + loader.wait_seconds
+        self.epoch_sums = sums
+        return True
 
-    def _warm_up(self, model, loss, opt, batch_size: int) -> None:
-        """Compile (or load from cache) every kernel before the clock starts."""
-        import numpy as np
+    def _end_epoch(self, epoch: int, loader) -> None:
+        """Evaluate, then write best.npz, checkpoint.npz, metrics.jsonl and curves.png."""
+        from scratchcnn.checkpoint import save_checkpoint
+        from scratchcnn.plots import plot_curves
 
-        from scratchcnn.data.augment import warm_up as warm_up_loader
+        a, sums, progress, out = self.args, self.epoch_sums, self.progress, self.out
+        t_eval = time.perf_counter()
+        test_loss, test_acc = self.evaluate(self.model, self.loss, self.test_x, self.test_y)
+        row = {
+            "epoch": epoch,
+            "train_loss": sums["loss"] / sums["seen"],
+            "train_acc": sums["correct"] / sums["seen"],
+            "test_loss": test_loss, "test_acc": test_acc,
+            "epoch_seconds": sums["seconds"],
+            "images_per_second": sums["seen"] / sums["seconds"],
+            "loader_wait_seconds": sums["wait"],
+            "eval_seconds": time.perf_counter() - t_eval,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "resumed_mid_epoch": self.resumed_mid_epoch,
+        }
+        if not self.startup_recorded:  # the first epoch this process trained
+            row["seconds_to_first_batch"] = self.first_batch_seconds
+            self.startup_recorded = True
+        self.metrics.append(row)
+        progress.epoch, progress.batch, progress.partial = epoch, 0, {}
+        if test_acc > progress.best_test_acc:
+            progress.best_test_acc = test_acc
+            save_checkpoint(out / "best.npz", self.model, self.opt, progress)
+        save_checkpoint(out / "checkpoint.npz", self.model, self.opt, progress)
+        _write_metrics(out / "metrics.jsonl", self.metrics)
+        s = self.settings
+        plot_curves(self.metrics, out / "curves.png",
+                    title=f"scratchcnn, {a.backend} backend, batch {s['batch_size']}, "
+                          f"{s['optimizer']}")
+        print(f"epoch {epoch:>3}/{a.epochs}  train loss {row['train_loss']:.4f} "
+              f"acc {100 * row['train_acc']:.2f}%  |  test loss {test_loss:.4f} "
+              f"acc {100 * test_acc:.2f}%  |  {row['epoch_seconds']:.1f} s  "
+              f"{row['images_per_second']:.0f} img/s  data wait "
+              f"{row['loader_wait_seconds']:.2f} s", flush=True)
 
-        x = np.zeros((min(batch_size, 2), 3, 32, 32), np.float32)
-        loss.forward(model.forward(x), np.zeros(len(x), np.int64))
-        model.backward(loss.backward())
-        opt.warm_up()
-        warm_up_loader()
+    def _interrupted(self, where: str) -> int:
+        """After a stop request: checkpoint (mid-epoch position included), say how to resume."""
+        from scratchcnn.checkpoint import save_checkpoint
+
+        ckpt = self.out / "checkpoint.npz"
+        if self.progress.batch:
+            save_checkpoint(ckpt, self.model, self.opt, self.progress)
+        print(f"interrupted {where}; checkpoint written. Resume with: {PROG} --resume "
+              f"{ckpt} --epochs {self.args.epochs}", file=sys.stderr)
+        return 130
 
 
 def _compute_units(a: argparse.Namespace) -> str:

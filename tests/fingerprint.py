@@ -58,6 +58,7 @@ def train_digest(backend: str, threads: int, fused: bool) -> str:
     """SHA-256 over the weights and optimizer state after the fixed training."""
     import numba
 
+    from scratchcnn.loop import train_step
     from scratchcnn.losses import SoftmaxCrossEntropy
     from scratchcnn.model import reference_cnn
     from scratchcnn.optim import SGD, Adam
@@ -75,9 +76,7 @@ def train_digest(backend: str, threads: int, fused: bool) -> str:
             for step in range(5):
                 lo = (step % 4) * 32
                 xb, yb = x[lo:lo + 32], y[lo:lo + 32]
-                h.update(np.float64(loss.forward(model.forward(xb), yb)).tobytes())
-                model.backward(loss.backward())
-                opt.step()
+                h.update(np.float64(train_step(model, loss, opt, xb, yb).loss).tobytes())
             for name, arr in sorted(opt.state_dict().items()):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(arr).tobytes())

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
+from scratchcnn.loop import train_step
 
 
 def _model_and_batch(backend: str):
@@ -46,9 +47,7 @@ def test_flat_step_equals_per_parameter_steps(kind, backend):
         p.value, p.grad = p.value.copy(), p.grad.copy()
     for model, opt in ((flat_model, flat_opt), (split_model, split_opt)):
         for _ in range(3):
-            loss.forward(model.forward(x), y)
-            model.backward(loss.backward())
-            opt.step()
+            train_step(model, loss, opt, x, y)
     for a, b in zip(flat_model.parameters(), split_model.parameters()):
         assert a.value.tobytes() == b.value.tobytes()
     for s in flat_opt.slots:

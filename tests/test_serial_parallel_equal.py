@@ -13,6 +13,7 @@ import pytest
 import scratchcnn as sc
 from scratchcnn.kernels import parallel, serial
 from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
+from scratchcnn.loop import train_step
 
 from conftest import THREAD_COUNTS
 from kernel_args import conv_workspaces
@@ -140,9 +141,7 @@ def _train_steps(backend: str, steps: int, x, y) -> tuple[list[float], dict]:
     opt = sc.Adam(model.parameters(), backend=backend)
     losses = []
     for _ in range(steps):
-        losses.append(loss.forward(model.forward(x), y))
-        model.backward(loss.backward())
-        opt.step()
+        losses.append(train_step(model, loss, opt, x, y).loss)
     grads = {name: p.grad.copy() for name, p in model.named_parameters()}
     weights = {name: p.value.copy() for name, p in model.named_parameters()}
     return losses, {"grads": grads, "weights": weights}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import scratchcnn as sc
+from scratchcnn.loop import train_step
 
 
 def _losses(backend: str, x: np.ndarray, y: np.ndarray, steps: int) -> list[float]:
@@ -13,9 +14,7 @@ def _losses(backend: str, x: np.ndarray, y: np.ndarray, steps: int) -> list[floa
     opt = sc.Adam(model.parameters(), backend=backend)
     out = []
     for _ in range(steps):
-        out.append(loss.forward(model.forward(x), y))
-        model.backward(loss.backward())
-        opt.step()
+        out.append(train_step(model, loss, opt, x, y).loss)
         if out[-1] < 0.05:
             break
     return out

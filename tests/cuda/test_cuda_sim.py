@@ -27,6 +27,7 @@ import pytest
 import scratchcnn as sc
 from scratchcnn.kernels import CPU_ONLY, KERNEL_NAMES, get_backend, serial
 from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
+from scratchcnn.loop import train_step
 
 from conftest import write_fake_cifar_files
 
@@ -288,11 +289,9 @@ def _train(backend: str, opt_name: str, steps: int, x, y):
         opt = sc.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, backend=backend)
     losses, correct = [], []
     for _ in range(steps):
-        logits = model.forward(x)
-        losses.append(loss.forward(logits, y))
-        correct.append(sc.losses.accuracy_count(logits, y))
-        model.backward(loss.backward())
-        opt.step()
+        stats = train_step(model, loss, opt, x, y)
+        losses.append(stats.loss)
+        correct.append(stats.correct)
     grads = {n: get_backend(backend).to_host(p.grad) for n, p in model.named_parameters()}
     return losses, correct, grads, model.state_dict(), opt.state_dict()
 
