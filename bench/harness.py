@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from scratchcnn.data.loader import BatchLoader
+from scratchcnn.fusion import ConvReLUPool
 from scratchcnn.layers import Conv2D, Dense
 from scratchcnn.loop import evaluate, train_step, warm_up
 from scratchcnn.losses import SoftmaxCrossEntropy
@@ -138,12 +139,10 @@ class Timers:
 
     def instrument(self, model: Sequential, loss: SoftmaxCrossEntropy, opt: Adam) -> None:
         """Time every layer's forward and backward, the loss and the optimizer step."""
-        for layer in model.layers:
-            self.wrap(layer, "forward", f"{layer.name} forward")
-            self.wrap(layer, "backward", f"{layer.name} backward")
-            if hasattr(layer, "forward_pooled"):  # conv + ReLU + the next layer's pool, fused
-                self.wrap(layer, "forward_pooled", f"{layer.name} forward")
-                self.wrap(layer, "backward_pooled", f"{layer.name} backward")
+        for step in model.steps:  # a fused conv + ReLU + pool step counts as its conv
+            name = step.conv.name if isinstance(step, ConvReLUPool) else step.name
+            self.wrap(step, "forward", f"{name} forward")
+            self.wrap(step, "backward", f"{name} backward")
         self.wrap(loss, "forward", "loss")
         self.wrap(loss, "backward", "loss")
         self.wrap(opt, "step", "optimizer")

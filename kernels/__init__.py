@@ -1,12 +1,22 @@
 """scratchcnn.kernels: the Numba kernels, in a serial and a parallel build (and CUDA).
 
-Each kernel is written once (in ``conv.py``, ``convpool.py``, ``pool.py``,
-``dense.py``, ``activation.py``, ``loss.py``, ``optim.py``) and compiled twice by
-``_build.build``: ``serial`` with ``parallel=False`` (every ``prange`` is a
-plain ``range``) and ``parallel`` with ``parallel=True``.
+Each kernel is written once (in ``conv.py`` -- the readable loop nests --,
+``conv_fast.py``, ``convpool.py``, ``pool.py``, ``dense.py``, ``activation.py``,
+``loss.py``, ``optim.py``) and compiled twice by ``_build.build``: ``serial``
+with ``parallel=False`` (every ``prange`` is a plain ``range``) and
+``parallel`` with ``parallel=True``.
 
-    from scratchcnn.kernels import serial, parallel
-    parallel.conv2d_forward(x, w, b, 1, 1, 0, 0, cols, out)
+    import numpy as np
+    from scratchcnn.kernels import parallel
+    x = np.ones((2, 3, 8, 8), np.float32); w = np.ones((4, 3, 3, 3), np.float32)
+    b = np.zeros(4, np.float32); out = np.empty((2, 4, 6, 6), np.float32)
+    parallel.conv2d_forward_direct(x, w, b, 1, 1, 0, 0, out)   # stride 1, no padding
+
+The fast convolution kernels need workspaces; layers do not allocate them but
+ask the backend for a *plan* per geometry, which owns them (``plans.py``):
+
+    plan = parallel.conv2d_plan(x.shape, w.shape, (1, 1), (0, 0), np.float32)
+    plan.forward(x, w, b, out)
 
 Kernels write into preallocated outputs and never allocate. They expect
 C-contiguous arrays of one float dtype (float32 for training, float64 for
@@ -34,7 +44,6 @@ transfers are the identity (no copy) and ``synchronize`` does nothing.
 from __future__ import annotations
 
 import importlib.util
-from functools import cache
 from types import SimpleNamespace
 
 import numba
@@ -44,6 +53,7 @@ from threadpoolctl import threadpool_limits
 
 from . import activation, conv, conv_fast, convpool, dense, loss, optim, pool
 from ._build import build
+from .plans import make_conv2d_plan
 
 threadpool_limits(limits=1, user_api="blas")
 
@@ -52,9 +62,12 @@ _MODULES = (conv, conv_fast, convpool, pool, dense, activation, loss, optim)
 #: Names of all kernels each backend provides.
 KERNEL_NAMES: tuple[str, ...] = tuple(name for mod in _MODULES for name in mod.__all__)
 
-#: Kernels only the CPU backends have: the conv + ReLU + max-pool fusion
-#: (``Conv2D.can_pool_with`` checks for them; on "cuda" the layers run one by one).
-CPU_ONLY: tuple[str, ...] = tuple(convpool.__all__)
+#: Kernels only the CPU backends have: the conv + ReLU + max-pool fusion (a backend
+#: with ``fuses_conv_relu_pool`` has them; on "cuda" the layers run one by one), the
+#: fixed-order sum of per-group gradients (the CUDA plan keeps no per-group pieces),
+#: and the readable ladder of conv.py beyond its direct forward (teaching kernels).
+CPU_ONLY: tuple[str, ...] = (*convpool.__all__, "conv2d_sum_group_partials",
+                             *(n for n in conv.__all__ if n != "conv2d_forward_direct"))
 
 
 def _identity(a):
@@ -78,37 +91,22 @@ _HOST_ARRAYS = dict(empty=np.empty, zeros=np.zeros, to_device=_identity, to_host
                     copy_into=_copy_into, synchronize=_nothing, is_device_array=_no_device)
 
 
-@cache
-def _workspace_shapes(args: tuple, group: int | None, slots: int) -> dict:
-    """``conv_fast.conv2d_workspace_shapes``, computed once per geometry and slot count."""
-    return conv_fast.conv2d_workspace_shapes(*args, group=group, slots=slots)
-
-
-def _serial_workspace_shapes(*args, group: int | None = None) -> dict:
-    """``conv_fast.conv2d_workspace_shapes`` with one dcols slot: one thread runs the backward."""
-    return dict(_workspace_shapes(args, group, 1))
-
-
-def _parallel_workspace_shapes(*args, group: int | None = None) -> dict:
-    """``conv_fast.conv2d_workspace_shapes`` with one dcols slot per thread that runs the backward.
-
-    The *current* thread count (``numba.get_num_threads()``, set per calling
-    thread), not the pool size: with 8 slots on 2 threads each thread would walk
-    4 slots of scratch instead of reusing one that stays in cache. The layers ask
-    every forward pass (answered from a cache), so a changed thread count gets
-    its own workspaces. The results do not depend on the slot count (tests check
-    the bits).
-    """
-    return dict(_workspace_shapes(args, group, numba.get_num_threads()))
+def _one_slot() -> int:
+    """The serial backend: one thread runs the backward, one scratch slot."""
+    return 1
 
 
 def _make_backend(name: str, parallel: bool) -> SimpleNamespace:
     kernels = {
         kname: build(getattr(mod, kname), parallel) for mod in _MODULES for kname in mod.__all__
     }
-    shapes = _parallel_workspace_shapes if parallel else _serial_workspace_shapes
-    return SimpleNamespace(name=name, parallel=parallel, device="cpu",
-                           conv2d_workspace_shapes=shapes, **_HOST_ARRAYS, **kernels)
+    ns = SimpleNamespace(name=name, parallel=parallel, device="cpu", fuses_conv_relu_pool=True,
+                         **_HOST_ARRAYS, **kernels)
+    # Scratch slots: one per thread that runs a backward pass. On the parallel backend the
+    # *current* thread count (set per calling thread), not the pool size: with 8 slots on 2
+    # threads each thread would walk 4 slots of scratch instead of reusing one in cache.
+    ns.conv2d_plan = make_conv2d_plan(ns, numba.get_num_threads if parallel else _one_slot)
+    return ns
 
 
 serial = _make_backend("serial", parallel=False)

@@ -63,6 +63,7 @@ __all__ = [
     "conv2d_backward_input",
     "conv2d_backward_weight",
     "conv2d_backward",
+    "conv2d_sum_group_partials",
 ]
 
 
@@ -498,6 +499,18 @@ def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dco
                 gather_dout(dout, g * G, G, dg)
             backward_group(dg, w2, cols[g], KH, KW, sh, sw, ph, pw, need_dx, partial[g],
                            dcols[t], dx[g * G:(g + 1) * G])
+    # PARALLEL: one output channel per iteration, groups summed in a fixed order
+    # (see conv2d_backward_weight).
+    for f in prange(F):
+        sum_group_partials(partial, f, dw2, db)
+
+
+def conv2d_sum_group_partials(partial, dw, db):
+    """dw, db = the sum over groups of partial (NG, F, K+1), in group order: the last
+    step of ``conv2d_backward_weight`` on its own, for partials gathered from elsewhere
+    (data-parallel ranks). Same arithmetic, same order, same bits."""
+    F = partial.shape[1]
+    dw2 = dw.reshape(F, dw.size // F)
     # PARALLEL: one output channel per iteration, groups summed in a fixed order
     # (see conv2d_backward_weight).
     for f in prange(F):

@@ -8,11 +8,11 @@ that where no GPU is present.
 
 Each operation has a ``@cuda.jit`` kernel (name ending in ``_k``) and a Python
 launcher with the CPU kernel's name and argument order, which picks the grid.
-The launchers are what ``make_cuda_backend()`` puts in the backend namespace,
-so layers call the CUDA backend exactly as they call ``serial`` or ``parallel``.
-Workspace arguments of the CPU kernels (``cols``, ``dcols``, ``dw_partial``)
-are accepted; the forward convolution fills ``cols`` (the weight gradient
-reads it), the other two are ignored.
+The launchers are what ``make_cuda_backend()`` puts in the backend namespace.
+Layers reach the convolution through a plan, as on the CPU backends:
+``CudaConv2DPlan`` owns the one workspace these kernels need, ``cols`` (the
+forward's unrolled patches, read by the weight gradient); the CPU kernels'
+other workspaces have no CUDA counterpart, and the launchers do not take them.
 
 How the three ways of writing a gradient sum appear here (teaching material):
 
@@ -161,12 +161,9 @@ def _conv_gemm_k(w2, b, cols, out3):
     out3[n, f, p] = acc + b[f]
 
 
-def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
-    """im2col into ``cols`` (kept for the weight gradient), then one product per output.
-
-    ``wb`` and ``gemm_out`` (CPU workspaces) are not needed here; ``relu`` applies
-    max(., 0) in place afterwards, one thread per element.
-    """
+def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, cols, out):
+    """im2col into ``cols`` (N, K, P), kept for the weight gradient, then one product per
+    output; ``relu`` applies max(., 0) in place afterwards, one thread per element."""
     N, F, OH, OW = out.shape
     KH, KW = w.shape[2], w.shape[3]
     _im2col_k[_blocks(cols.size), TPB](x, KH, KW, sh, sw, ph, pw, cols)
@@ -175,15 +172,6 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     if relu:
         flat = out.reshape(out.size)
         _relu_k[_blocks(flat.size), TPB](flat, flat)
-
-
-def conv2d_workspace_shapes(N, C, H, W, F, KH, KW, sh, sw, ph, pw) -> dict:
-    """Workspaces of the CUDA conv kernels: only ``cols`` (N, K, P) is used."""
-    OH = (H + 2 * ph - KH) // sh + 1
-    OW = (W + 2 * pw - KW) // sw + 1
-    unused = (1, 1, 1)
-    return {"wb": (1, 1), "cols": (N, C * KH * KW, OH * OW), "gemm_out": unused,
-            "partial": unused, "dcols": unused}
 
 
 @cuda.jit
@@ -226,8 +214,8 @@ def _conv_dx_k(dout, w, sh, sw, ph, pw, dx):
     dx[n, c, h, wi] = acc
 
 
-def conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx):
-    """dx from dout and the weights (the CPU workspaces are not needed: the kernel gathers)."""
+def conv2d_backward_input(dout, w, sh, sw, ph, pw, dx):
+    """dx from dout and the weights (the kernel gathers: no workspace)."""
     _conv_dx_k[_blocks(dx.size), TPB](dout, w, sh, sw, ph, pw, dx)
 
 
@@ -300,9 +288,8 @@ def _conv_db_k(dout3, db):
         db[f] = partial[0]
 
 
-def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db, *,
-                           samples_per_block: int = DW_SAMPLES_PER_BLOCK):
-    """dw and db from dout and the forward pass's ``cols`` (CPU workspaces not needed)."""
+def conv2d_backward_weight(dout, cols, dw, db, *, samples_per_block: int = DW_SAMPLES_PER_BLOCK):
+    """dw and db from dout and the forward pass's ``cols``."""
     N, F, OH, OW = dout.shape
     K = cols.shape[1]
     dout3 = dout.reshape(N, F, OH * OW)
@@ -569,11 +556,40 @@ def sgd_update(p, g, vel, lr, momentum, weight_decay):
     _sgd_k[_blocks(p.size), TPB](p, g, vel, lr, momentum, weight_decay)
 
 
-def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dcols, dw, db, dx):
+def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dw, db, dx):
     """Both conv gradients (the CPU backends fuse them; here the two kernels run in turn)."""
-    conv2d_backward_weight(dout, cols, dout_g, partial, dw, db)
+    conv2d_backward_weight(dout, cols, dw, db)
     if need_dx:
-        conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx)
+        conv2d_backward_input(dout, w, sh, sw, ph, pw, dx)
+
+
+class CudaConv2DPlan:
+    """The CUDA convolution for one geometry: owns ``cols`` on the device (the same
+    methods as the CPU backends' plan, without the conv + ReLU + pool fusion)."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dtype, group_batch=None) -> None:
+        n, c, h, w = (int(v) for v in x_shape)
+        f, _, kh, kw = (int(v) for v in w_shape)
+        (self.sh, self.sw), (self.ph, self.pw) = (int(v) for v in stride), (int(v) for v in padding)
+        oh = (h + 2 * self.ph - kh) // self.sh + 1
+        ow = (w + 2 * self.pw - kw) // self.sw + 1
+        self.out_shape = (n, f, oh, ow)
+        self._cols = _empty((n, c * kh * kw, oh * ow), dtype)
+
+    def forward(self, x, w, b, out, *, relu: bool = False) -> None:
+        conv2d_forward(x, w, b, self.sh, self.sw, self.ph, self.pw, relu, self._cols, out)
+
+    def backward(self, dout, w, dw, db, dx=None) -> None:
+        conv2d_backward_weight(dout, self._cols, dw, db)
+        if dx is not None:
+            conv2d_backward_input(dout, w, self.sh, self.sw, self.ph, self.pw, dx)
+
+    def gradient_pieces(self) -> dict:
+        raise ValueError("backend 'cuda': the weight gradient is summed on the device (atomic "
+                         "adds), its per-group pieces are not kept; use a CPU backend")
+
+    def finish_gradients(self, pieces, dw, db) -> None:
+        self.gradient_pieces()
 
 
 # ----------------------------------------------------------------------------
@@ -673,7 +689,7 @@ def make_cuda_backend() -> SimpleNamespace:
         name="cuda", parallel=True, device="cuda",
         missing=tuple(n for n in KERNEL_NAMES if n not in KERNELS),
         simulator=bool(config.ENABLE_CUDASIM),
-        conv2d_workspace_shapes=conv2d_workspace_shapes,
+        fuses_conv_relu_pool=False, conv2d_plan=CudaConv2DPlan,
         empty=_empty, zeros=_zeros, to_device=_to_device, to_host=_to_host,
         copy_into=_copy_into, synchronize=cuda.synchronize, is_device_array=is_device_array,
         **kernels,

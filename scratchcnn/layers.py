@@ -16,11 +16,19 @@ Tensors are NCHW: (batch, channels, height, width). ``backward(dout)``
 overwrites (does not accumulate) the parameter gradients and returns the
 gradient with respect to the layer's input.
 
-Buffers: a layer allocates its outputs, input gradients and workspaces once
-per input shape and reuses them for every batch (fresh allocations of several
-MB per step cost page faults: about 2.5 ms of a 20 ms step). An array returned
-by ``forward`` or ``backward`` is therefore valid until that layer's next call
-of the same method; copy it to keep it. ``Sequential.forward`` returns a copy.
+Buffers: a layer allocates its outputs and input gradients once per input
+shape and reuses them for every batch (fresh allocations of several MB per
+step cost page faults). An array returned by ``forward`` or ``backward`` is
+therefore valid until that layer's next call of the same method; copy it to
+keep it. ``Sequential.forward`` returns a copy. What the kernels need besides
+inputs and outputs (workspaces, scratch per thread) is not the layer's
+business: a convolution gets a *plan* per input geometry from its backend
+(``backend.conv2d_plan``), which owns it.
+
+Gradient pieces: after ``backward``, ``gradient_pieces()`` returns the
+un-summed pieces a layer's weight gradient was made from, and
+``finish_gradients(pieces)`` recomputes the gradients from (possibly gathered)
+pieces, in the backward pass's own order; see ``scratchcnn.loop``.
 """
 
 from __future__ import annotations
@@ -78,6 +86,9 @@ class Layer:
         self.name = name or self.kind
         self.auto_named = name is None
         self.dtype = check_float_dtype(dtype)
+        #: The batch size sample groups are chosen for (None: each batch's own size).
+        #: A data-parallel rank sets the global batch size (``Sequential.set_group_batch``).
+        self.group_batch: int | None = None
         self.backend = backend
 
     @property
@@ -98,6 +109,7 @@ class Layer:
         self._k: SimpleNamespace = k
         self._backend_name = name
         self.__dict__.pop("_buffers", None)  # buffers live in the old backend's memory
+        self.__dict__.pop("_plans", None)
 
     def _buf(self, key: str, shape: tuple[int, ...], dtype: object = None) -> np.ndarray:
         """The layer's reusable buffer ``key`` with this shape (allocated on first use).
@@ -135,13 +147,16 @@ class Layer:
     def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError  # pragma: no cover - interface
 
-    def _through_activation(self, dout: np.ndarray, applied: bool = False) -> np.ndarray:
-        """With a fused ReLU, d(loss)/d(pre-activation) = dout where the output is > 0.
+    def gradient_pieces(self) -> dict[str, np.ndarray]:
+        """The un-summed pieces of the last backward's weight gradient (none here)."""
+        return {}
 
-        ``applied``: the caller already zeroed dout where the output is 0
-        (``Sequential`` lets a following max-pool do it in its own pass).
-        """
-        if self.activation is None or applied:
+    def finish_gradients(self, pieces: dict[str, np.ndarray]) -> None:
+        """Recompute the parameter gradients from ``pieces`` (nothing to do here)."""
+
+    def _through_activation(self, dout: np.ndarray) -> np.ndarray:
+        """With a fused ReLU, d(loss)/d(pre-activation) = dout where the output is > 0."""
+        if self.activation is None:
             return dout
         dpre = self._buf("dpre", dout.shape)
         self._k.relu_backward(self._out.reshape(-1), dout.reshape(-1), dpre.reshape(-1))
@@ -215,97 +230,48 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (self.out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
 
-    def _workspace(self, key: str) -> np.ndarray:
-        """Workspace ``key`` of the backend's conv kernels for the current input shape."""
-        return self._buf(f"ws.{key}", self._ws_shapes[key])
-
-    def _prepare(self, x: object) -> np.ndarray:
-        """Check x; set the input/output shapes, the workspace shapes and cols."""
-        x = self._input(x, ("N", self.in_channels, "H", "W"))
-        n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+    def plan_for(self, x_shape: tuple[int, int, int, int]):
+        """The backend's plan for inputs of shape ``x_shape`` (one per shape and group batch;
+        it owns the kernels' workspaces)."""
+        n, c, h, w = x_shape
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
         if h + 2 * ph < kh or w + 2 * pw < kw:
-            raise ValueError(f"{self.name}: input {x.shape} is smaller than the "
+            raise ValueError(f"{self.name}: input {tuple(x_shape)} is smaller than the "
                              f"{kh}x{kw} kernel (with padding {self.padding})")
-        self._out_shape = (n, *self.output_shape((c, h, w)))
-        self._in_shape = x.shape
-        # asked every call (the backend caches the answer): the parallel
-        # backend's scratch slots follow the current thread count
-        self._ws_shapes = self._k.conv2d_workspace_shapes(n, c, h, w, self.out_channels,
-                                                          kh, kw, sh, sw, ph, pw)
-        self._cols = self._workspace("cols")  # kept for the weight gradient
-        return x
+        plans = self.__dict__.setdefault("_plans", {})
+        key = (tuple(x_shape), self.group_batch)
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = self._k.conv2d_plan(x_shape, self.weight.value.shape,
+                                                    self.stride, self.padding, self.dtype,
+                                                    group_batch=self.group_batch)
+        return plan
+
+    def _plan(self, x: object):
+        """Check x; return it (in backend memory) and the plan for its shape."""
+        x = self._input(x, ("N", self.in_channels, "H", "W"))
+        self._in_shape, self._last_plan = x.shape, self.plan_for(x.shape)
+        return x, self._last_plan
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = self._prepare(x)
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        self._pooled_by = None
-        out = self._out = self._buf("out", self._out_shape)
-        self._k.conv2d_forward(x, self.weight.value, self.bias.value, sh, sw, ph, pw,
-                               self.activation == "relu", self._workspace("wb"), self._cols,
-                               self._workspace("gemm_out"), out)
+        x, plan = self._plan(x)
+        self._out_shape = plan.out_shape
+        out = self._out = self._buf("out", plan.out_shape)
+        plan.forward(x, self.weight.value, self.bias.value, out, relu=self.activation == "relu")
         return out
 
-    def backward(self, dout: np.ndarray, need_input_grad: bool = True,
-                 activation_applied: bool = False) -> np.ndarray | None:
-        if getattr(self, "_pooled_by", None) is not None:
-            raise RuntimeError(f"{self.name}: the last forward pass was forward_pooled(); "
-                               f"use backward_pooled()")
-        dout = self._through_activation(self._check_dout(dout), activation_applied)
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        dx = self._buf("dx", self._in_shape)  # left untouched without need_input_grad
-        self._k.conv2d_backward(dout, self.weight.value, self._cols, sh, sw, ph, pw,
-                                need_input_grad, self._workspace("gemm_out"),  # gathered dout
-                                self._workspace("partial"), self._workspace("dcols"),
-                                self.weight.grad, self.bias.grad, dx)
-        return dx if need_input_grad else None
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dout = self._through_activation(self._check_dout(dout))
+        dx = self._buf("dx", self._in_shape) if need_input_grad else None
+        self._last_plan.backward(dout, self.weight.value, self.weight.grad, self.bias.grad, dx)
+        return dx
 
-    def can_pool_with(self, pool: Layer) -> bool:
-        """Whether ``forward_pooled(x, pool)`` applies: a ReLU conv followed by a 2x2,
-        stride-2 max-pool, on a backend with the fused kernels (the CPU ones)."""
-        return (self.activation == "relu" and isinstance(pool, MaxPool2D)
-                and pool.pool_size == (2, 2) and pool.stride == (2, 2)
-                and pool.backend == self.backend
-                and hasattr(self._k, "conv2d_relu_pool_forward"))
+    def gradient_pieces(self) -> dict[str, np.ndarray]:
+        """``per_group``: the weight and bias gradient of each sample group, (groups, F, K+1)."""
+        return self._last_plan.gradient_pieces()
 
-    def forward_pooled(self, x: np.ndarray, pool: MaxPool2D) -> np.ndarray:
-        """``pool.forward(self.forward(x))`` in one kernel: the conv output is never
-        written (see kernels/convpool.py). Same result, bit for bit; the pool layer
-        keeps its argmax and output as if it had run. Backward: ``backward_pooled``."""
-        if not self.can_pool_with(pool):  # before _prepare: a refused call changes nothing
-            raise ValueError(f"{self.name}: forward_pooled needs activation='relu' and a "
-                             f"2x2, stride-2 MaxPool2D on the same CPU backend")
-        x = self._prepare(x)
-        n, f, oh, ow = self._out_shape
-        if oh < 2 or ow < 2:
-            raise ValueError(f"{pool.name}: input {self._out_shape} is smaller than the "
-                             f"2x2 pooling window")
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        self._pooled_by, self._out = pool, None
-        pool._in_shape = self._out_shape
-        pool._out_shape = (n, *pool.output_shape((f, oh, ow)))
-        pout = pool._out = pool._buf("out", pool._out_shape)
-        pool._argmax = pool._buf("argmax", pool._out_shape, np.int32)
-        self._k.conv2d_relu_pool_forward(x, self.weight.value, self.bias.value, sh, sw, ph, pw,
-                                         oh, ow, self._workspace("wb"), self._cols,
-                                         self._workspace("tile"), pout, pool._argmax)
-        return pout
-
-    def backward_pooled(self, dpool: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
-        """The gradients of ``forward_pooled`` from d(loss)/d(pool output)."""
-        pool = getattr(self, "_pooled_by", None)
-        if pool is None:
-            raise RuntimeError(f"{self.name}: backward_pooled() needs forward_pooled() first")
-        dpool = pool._check_dout(dpool)
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        _, _, oh, ow = self._out_shape
-        dx = self._buf("dx", self._in_shape)  # left untouched without need_input_grad
-        self._k.conv2d_relu_pool_backward(dpool, pool._argmax, pool._out, self.weight.value,
-                                          self._cols, sh, sw, ph, pw, oh, ow, need_input_grad,
-                                          self._workspace("tile"), self._workspace("partial"),
-                                          self._workspace("dcols"), self.weight.grad,
-                                          self.bias.grad, dx)
-        return dx if need_input_grad else None
+    def finish_gradients(self, pieces: dict[str, np.ndarray]) -> None:
+        self._last_plan.finish_gradients(pieces, self.weight.grad, self.bias.grad)
 
     def __repr__(self) -> str:
         act = f", activation={self.activation!r}" if self.activation else ""
@@ -349,15 +315,12 @@ class MaxPool2D(Layer):
         self._k.maxpool2d_forward(x, kh, kw, sh, sw, out, self._argmax)
         return out
 
-    def backward(self, dout: np.ndarray, need_input_grad: bool = True,
-                 relu_before: bool = False) -> np.ndarray | None:
-        """``relu_before``: the previous layer's output went through a fused ReLU;
-        also apply that ReLU's derivative (zero where the window's max is <= 0)."""
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         dout = self._check_dout(dout)
         if not need_input_grad:
             return None
         dx = self._buf("dx", self._in_shape)
-        self._k.maxpool2d_backward(dout, self._argmax, self._out, relu_before, dx)
+        self._k.maxpool2d_backward(dout, self._argmax, self._out, False, dx)  # False: no ReLU
         return dx
 
 
@@ -446,15 +409,23 @@ class Dense(Layer):
                               out)
         return out
 
-    def backward(self, dout: np.ndarray, need_input_grad: bool = True,
-                 activation_applied: bool = False) -> np.ndarray | None:
-        dout = self._through_activation(self._check_dout(dout), activation_applied)
+    def backward(self, dout: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        dout = self._dout = self._through_activation(self._check_dout(dout))
         self._k.dense_backward_weight(self._x, dout, self.weight.grad, self.bias.grad)
         if not need_input_grad:
             return None
         dx = self._buf("dx", self._x.shape)
         self._k.dense_backward_input(dout, self.weight.value, dx)
         return dx
+
+    def gradient_pieces(self) -> dict[str, np.ndarray]:
+        """``x`` (N, I) and ``dout`` (N, O): the last batch's input and the gradient at the
+        pre-activation output; the weight gradient is one product of the two over the batch."""
+        return {"x": self._x, "dout": self._dout}
+
+    def finish_gradients(self, pieces: dict[str, np.ndarray]) -> None:
+        self._k.dense_backward_weight(pieces["x"], pieces["dout"], self.weight.grad,
+                                      self.bias.grad)
 
     def __repr__(self) -> str:
         act = f", activation={self.activation!r}" if self.activation else ""

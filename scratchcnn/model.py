@@ -10,22 +10,25 @@ from pathlib import Path
 
 import numpy as np
 
+from scratchcnn.fusion import fuse_conv_relu_pool
 from scratchcnn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, Parameter
 
 
 class Sequential:
     """Layers applied in order. ``forward`` gives logits, ``backward`` fills gradients.
 
-    ``fuse_conv_pool`` (default True): a ReLU ``Conv2D`` followed by a 2x2,
-    stride-2 ``MaxPool2D`` runs as one kernel on the CPU backends
-    (``Conv2D.forward_pooled``): the same numbers, bit for bit, without writing
-    the convolution's output. Set it to False to run every layer on its own.
+    ``fuse_conv_pool`` (default True): the build step (``steps``) runs each ReLU
+    ``Conv2D`` followed by a 2x2, stride-2 ``MaxPool2D`` as one ``ConvReLUPool``
+    on the CPU backends (see ``scratchcnn.fusion``): the same numbers, bit for
+    bit, without writing the convolution's output. Set it to False to run every
+    layer on its own. ``layers`` stays the list you gave (it names the
+    parameters); ``steps`` is what runs.
     """
 
     def __init__(self, layers: Iterable[Layer], fuse_conv_pool: bool = True) -> None:
         self.layers = list(layers)
         self.fuse_conv_pool = fuse_conv_pool
-        self._pooled: set[int] = set()  # conv layers run with the next layer's pool
+        self._built: tuple[tuple, list[Layer]] | None = None
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")
         seen: Counter[str] = Counter()
@@ -37,24 +40,27 @@ class Sequential:
         if len(set(names)) != len(names):
             raise ValueError(f"Sequential: layer names must be unique, got {names}")
 
+    # -- the build step -----------------------------------------------------------
+    @property
+    def steps(self) -> list[Layer]:
+        """What ``forward`` runs, in order: the layers, fusable conv + pool pairs as one
+        ``ConvReLUPool`` when ``fuse_conv_pool`` is on. Rebuilt when the flag or a
+        layer's backend changes."""
+        key = (self.fuse_conv_pool, tuple(layer.backend for layer in self.layers))
+        if self._built is None or self._built[0] != key:
+            steps = fuse_conv_relu_pool(self.layers) if self.fuse_conv_pool else self.layers
+            self._built = (key, list(steps))
+        return self._built[1]
+
     # -- computation --------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run every layer on ``x`` (N, C, H, W); return the output (logits).
+        """Run every step on ``x`` (N, C, H, W); return the output (logits).
 
         The result is the caller's own copy on the CPU backends (layers reuse
         their output buffers); on ``"cuda"`` it is the last layer's device buffer.
         """
-        self._pooled = set()
-        layers, i = self.layers, 0
-        while i < len(layers):
-            if (self.fuse_conv_pool and i + 1 < len(layers) and isinstance(layers[i], Conv2D)
-                    and layers[i].can_pool_with(layers[i + 1])):
-                x = layers[i].forward_pooled(x, layers[i + 1])
-                self._pooled.add(i)
-                i += 2
-            else:
-                x = layers[i].forward(x)
-                i += 1
+        for step in self.steps:
+            x = step.forward(x)
         return x.copy() if isinstance(x, np.ndarray) else x
 
     __call__ = forward
@@ -63,27 +69,29 @@ class Sequential:
         """Back-propagate d(loss)/d(output); fills every ``Parameter.grad``.
 
         Returns d(loss)/d(input) if ``need_input_grad``, else None (and the
-        first layer then skips computing it).
+        first step then skips computing it).
         """
-        applied = False  # whether dout already carries the derivative of layer i's fused ReLU
-        i = len(self.layers) - 1
-        while i >= 0:
-            layer = self.layers[i]
-            need = need_input_grad or i > 0
-            if i - 1 in self._pooled:  # conv + pool ran as one kernel: so does their backward
-                dout, applied = self.layers[i - 1].backward_pooled(dout, need_input_grad or
-                                                                   i - 1 > 0), False
-                i -= 2
-                continue
-            if isinstance(layer, MaxPool2D) and i > 0 and _fused_relu(self.layers[i - 1]):
-                # Fold the previous layer's ReLU backward into the pool's pass.
-                dout, applied = layer.backward(dout, need, relu_before=True), True
-            elif _fused_relu(layer):
-                dout, applied = layer.backward(dout, need, activation_applied=applied), False
-            else:
-                dout, applied = layer.backward(dout, need), False
-            i -= 1
+        steps = self.steps
+        for i in reversed(range(len(steps))):
+            dout = steps[i].backward(dout, need_input_grad or i > 0)
         return dout
+
+    # -- gradient pieces (see scratchcnn.loop) -----------------------------------
+    def gradient_pieces(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per step with parameters: the un-summed pieces of its last weight gradient."""
+        return {step.name: step.gradient_pieces() for step in self.steps if step.params()}
+
+    def finish_gradients(self, pieces: dict[str, dict[str, np.ndarray]]) -> None:
+        """Recompute every parameter gradient from ``pieces`` (as ``gradient_pieces`` gives)."""
+        for step in self.steps:
+            if step.params():
+                step.finish_gradients(pieces[step.name])
+
+    def set_group_batch(self, n: int | None) -> None:
+        """Choose sample groups for a batch of ``n`` (None: each batch's own size); a
+        data-parallel rank passes the global batch size."""
+        for layer in self.layers:
+            layer.group_batch = n
 
     # -- parameters ---------------------------------------------------------
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
@@ -113,14 +121,16 @@ class Sequential:
         return self.layers[0].dtype
 
     def summary(self, input_shape: tuple[int, int, int] = (3, 32, 32)) -> str:
-        """A table of layers, per-sample output shapes and parameter counts."""
-        lines = [f"{'layer':<12} {'output shape':<16} {'params':>8}"]
+        """A table of the steps that run (fused ones marked), per-sample output shapes and
+        parameter counts."""
+        lines = [f"{'layer':<14} {'output shape':<16} {'params':>8}"]
         shape = tuple(input_shape)
-        for layer in self.layers:
-            shape = layer.output_shape(shape)
-            n = sum(p.value.size for p in layer.params())
-            lines.append(f"{layer.name:<12} {str(shape):<16} {n:>8,}")
-        lines.append(f"{'total':<29} {self.num_parameters():>8,}")
+        for step in self.steps:
+            shape = step.output_shape(shape)
+            n = sum(p.value.size for p in step.params())
+            note = "  (conv + ReLU + max-pool fused: one kernel)" if step not in self.layers else ""
+            lines.append(f"{step.name:<14} {str(shape):<16} {n:>8,}{note}")
+        lines.append(f"{'total':<31} {self.num_parameters():>8,}")
         return "\n".join(lines)
 
     # -- persistence --------------------------------------------------------
@@ -153,10 +163,6 @@ class Sequential:
     def load(self, path: str | os.PathLike) -> None:
         """Load weights saved by ``save`` (or a training checkpoint)."""
         self.load_state_dict(load_npz(path), source=str(path))
-
-
-def _fused_relu(layer: Layer) -> bool:
-    return getattr(layer, "activation", None) == "relu"
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:

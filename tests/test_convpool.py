@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
+from scratchcnn.fusion import ConvReLUPool
 from scratchcnn.kernels import CPU_ONLY, parallel, serial
 from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 from scratchcnn.model import reference_cnn
@@ -96,40 +97,48 @@ def _step(backend: str, fuse: bool, dtype=np.float32):
 def test_sequential_fuses_conv_relu_pool(backend, dtype):
     fused, logits, dx, grads = _step(backend, True, dtype)
     plain, logits0, dx0, grads0 = _step(backend, False, dtype)
-    assert fused._pooled == {0, 2} and plain._pooled == set()  # conv1+pool1, conv2+pool2
+    assert [s.name for s in fused.steps][:2] == ["conv1+pool1", "conv2+pool2"]
+    assert plain.steps == plain.layers
     assert _bits(logits) == _bits(logits0) and _bits(dx) == _bits(dx0)
     for g, g0 in zip(grads, grads0):
         assert _bits(g) == _bits(g0)
-    # the pool layers keep what the separate pass would have left
-    for i in (1, 3):
-        assert _bits(fused.layers[i]._argmax) == _bits(plain.layers[i]._argmax)
+    # the fused steps keep the argmax the separate pools computed
+    for step, pool in ((0, 1), (1, 3)):
+        assert _bits(fused.steps[step]._argmax) == _bits(plain.layers[pool]._argmax)
+    assert "conv1+pool1" in fused.summary() and "fused" in fused.summary()
+    assert "fused" not in plain.summary()
 
 
 def test_which_pairs_fuse():
     conv = sc.Conv2D(3, 4, 3, activation="relu", backend="serial")
-    assert conv.can_pool_with(sc.MaxPool2D(2, backend="serial"))
-    assert not conv.can_pool_with(sc.MaxPool2D(3, backend="serial"))  # 3x3 window
-    assert not conv.can_pool_with(sc.MaxPool2D(2, stride=1, backend="serial"))
-    assert not conv.can_pool_with(sc.MaxPool2D(2, backend="parallel"))  # other backend
-    assert not conv.can_pool_with(sc.Flatten(backend="serial"))
-    assert not sc.Conv2D(3, 4, 3, backend="serial").can_pool_with(
-        sc.MaxPool2D(2, backend="serial"))  # no ReLU
-    assert set(CPU_ONLY) == {"conv2d_relu_pool_forward", "conv2d_relu_pool_backward"}
+    fuses = ConvReLUPool.can_fuse
+    assert fuses(conv, sc.MaxPool2D(2, backend="serial"))
+    assert not fuses(conv, sc.MaxPool2D(3, backend="serial"))  # 3x3 window
+    assert not fuses(conv, sc.MaxPool2D(2, stride=1, backend="serial"))
+    assert not fuses(conv, sc.MaxPool2D(2, backend="parallel"))  # other backend
+    assert not fuses(conv, sc.Flatten(backend="serial"))
+    assert not fuses(sc.Conv2D(3, 4, 3, backend="serial"),
+                     sc.MaxPool2D(2, backend="serial"))  # no ReLU
+    assert {"conv2d_relu_pool_forward", "conv2d_relu_pool_backward"} <= set(CPU_ONLY)
+    model = sc.Sequential([conv, sc.MaxPool2D(2, backend="serial")])
+    assert len(model.steps) == 1
+    model.fuse_conv_pool = False  # the build step follows the flag
+    assert model.steps == model.layers
 
 
-def test_backward_must_match_the_forward_that_ran():
-    conv = sc.Conv2D(3, 4, 3, activation="relu", backend="serial")
-    pool = sc.MaxPool2D(2, backend="serial")
+def test_fused_layer_checks_its_use():
+    conv = sc.Conv2D(3, 4, 3, activation="relu", backend="serial", name="c")
+    pool = sc.MaxPool2D(2, backend="serial", name="p")
+    fused = ConvReLUPool(conv, pool)
+    assert fused.name == "c+p" and fused.params() == conv.params()
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    with pytest.raises(RuntimeError, match="needs forward_pooled"):
-        conv.backward_pooled(np.zeros((2, 4, 3, 3), np.float32))
-    out = conv.forward_pooled(x, pool)
-    assert out.shape == (2, 4, 3, 3)
-    with pytest.raises(RuntimeError, match="use backward_pooled"):
-        conv.backward(np.zeros((2, 4, 6, 6), np.float32))
-    with pytest.raises(ValueError, match=r"pool1|maxpool2d.*expected shape"):
-        conv.backward_pooled(np.zeros((2, 4, 6, 6), np.float32))
-    plain = sc.Conv2D(3, 4, 3, backend="serial")
+    with pytest.raises(RuntimeError, match="before forward"):
+        fused.backward(np.zeros((2, 4, 3, 3), np.float32))
+    out = fused.forward(x)
+    assert out.shape == (2, 4, 3, 3) == (2, *fused.output_shape((3, 8, 8)))
+    with pytest.raises(ValueError, match=r"c\+p \(backward\).*expected shape"):
+        fused.backward(np.zeros((2, 4, 6, 6), np.float32))
     with pytest.raises(ValueError, match="2x2, stride-2"):
-        plain.forward_pooled(x, pool)
-    assert not hasattr(plain, "_in_shape")  # refused before touching the layer's state
+        ConvReLUPool(sc.Conv2D(3, 4, 3, backend="serial"), pool)
+    with pytest.raises(ValueError, match="smaller than the 2x2 pooling window"):
+        fused.forward(np.ascontiguousarray(x[:, :, :3, :3]))

@@ -45,13 +45,12 @@ def _launch_everything(m) -> None:
     n, c, h, w, f, k, s, p = 2, 3, 7, 6, 4, 3, 2, 1
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     x, wt, b = np.zeros((n, c, h, w), F32), np.zeros((f, c, k, k), F32), np.zeros(f, F32)
-    ws = {key: np.zeros(shape, F32) for key, shape in
-          m.conv2d_workspace_shapes(n, c, h, w, f, k, k, s, s, p, p).items()}
+    cols = np.zeros((n, c * k * k, oh * ow), F32)
     out = np.zeros((n, f, oh, ow), F32)
-    m.conv2d_forward(x, wt, b, s, s, p, p, True, ws["wb"], ws["cols"], ws["gemm_out"], out)
+    m.conv2d_forward(x, wt, b, s, s, p, p, True, cols, out)
     m.conv2d_forward_direct(x, wt, b, s, s, p, p, out)
-    m.conv2d_backward_input(out, wt, s, s, p, p, ws["gemm_out"], ws["dcols"], x)
-    m.conv2d_backward_weight(out, ws["cols"], ws["gemm_out"], ws["partial"], wt, b)
+    m.conv2d_backward_input(out, wt, s, s, p, p, x)
+    m.conv2d_backward_weight(out, cols, wt, b)
     pooled, argmax = np.zeros((n, c, 3, 3), F32), np.zeros((n, c, 3, 3), np.int64)
     m.maxpool2d_forward(x, 2, 2, 2, 2, pooled, argmax)
     m.maxpool2d_backward(pooled, argmax, pooled, True, x)

@@ -174,8 +174,11 @@ def test_conv_scratch_follows_thread_count(numba_threads):
         conv = sc.Conv2D(32, 16, 3, activation="relu", rng=np.random.default_rng(0),
                          backend=backend)
         out = conv.forward(x).copy()
-        groups = conv._ws_shapes["cols"][0]
-        assert groups == 4 and conv._ws_shapes["dcols"][0] == min(nthreads, groups)
+        plan = conv.plan_for(x.shape)
         conv.backward(out)
+        assert plan.num_groups == 4
+        assert list(plan._scratch) == [1 if backend == "serial" else nthreads]
+        dcols, _ = plan._scratch[nthreads]
+        assert dcols.shape[0] == min(nthreads, plan.num_groups)
         results[backend, nthreads] = conv.weight.grad.tobytes() + out.tobytes()
     assert len(set(results.values())) == 1

@@ -131,17 +131,14 @@ def test_conv_kernels(cu, case):
     # forward: im2col + product (fills cols), and the direct loop nest; relu fused or not
     ws = conv2d_workspace_shapes(n, c, h, w, f, kh, kw, sh, sw, ph, pw)
     cpu = {key: np.empty(shape, F32) for key, shape in ws.items()}
-    cws = cu.conv2d_workspace_shapes(n, c, h, w, f, kh, kw, sh, sw, ph, pw)
-    dev = {key: cu.empty(shape, F32) for key, shape in cws.items()}
+    cols_ = cu.empty((n, k, p), F32)  # the CUDA kernels' only workspace
     for relu in (True, False):  # ends with relu=False: cols and out feed the checks below
         out = np.empty((n, f, oh, ow), F32)
         serial.conv2d_forward(x, wt, b, sh, sw, ph, pw, relu, cpu["wb"], cpu["cols"],
                               cpu["gemm_out"], out)
         out_ = cu.empty((n, f, oh, ow), F32)
-        cu.conv2d_forward(dx_, wt_, b_, sh, sw, ph, pw, relu, dev["wb"], dev["cols"],
-                          dev["gemm_out"], out_)
+        cu.conv2d_forward(dx_, wt_, b_, sh, sw, ph, pw, relu, cols_, out_)
         close(cu.to_host(out_), out)
-    cols_ = dev["cols"]
     assert cu.to_host(cols_).shape == (n, k, p)  # the CUDA im2col layout: one matrix per sample
     direct_ = cu.empty((n, f, oh, ow), F32)
     cu.conv2d_forward_direct(dx_, wt_, b_, sh, sw, ph, pw, direct_)
@@ -151,7 +148,7 @@ def test_conv_kernels(cu, case):
     dx = np.empty_like(x)
     serial.conv2d_backward_input(dout, wt, sh, sw, ph, pw, cpu["gemm_out"], cpu["dcols"], dx)
     ddx_ = cu.empty(x.shape, F32)
-    cu.conv2d_backward_input(dout_, wt_, sh, sw, ph, pw, dev["gemm_out"], dev["dcols"], ddx_)
+    cu.conv2d_backward_input(dout_, wt_, sh, sw, ph, pw, ddx_)
     close(cu.to_host(ddx_), dx)
 
     # weight and bias gradients: one block per weight and per batch chunk, one atomic each;
@@ -160,8 +157,7 @@ def test_conv_kernels(cu, case):
     serial.conv2d_backward_weight(dout, cpu["cols"], cpu["gemm_out"], cpu["partial"], dw, db)
     for spb in (8, 1):
         dw_, db_ = cu.empty(wt.shape, F32), cu.empty(b.shape, F32)
-        cu.conv2d_backward_weight(dout_, cols_, dev["gemm_out"], dev["partial"], dw_, db_,
-                                  samples_per_block=spb)
+        cu.conv2d_backward_weight(dout_, cols_, dw_, db_, samples_per_block=spb)
         close(cu.to_host(dw_), dw)
         close(cu.to_host(db_), db)
 
