@@ -510,9 +510,9 @@ def _softmax_ce_k(logits, labels, inv_n, losses, dlogits):
     dlogits[n, y] -= inv_n
 
 
-def softmax_cross_entropy(logits, labels, losses, dlogits):
+def softmax_cross_entropy(logits, labels, inv_n, losses, dlogits):
     N = logits.shape[0]
-    _softmax_ce_k[_blocks(N), TPB](logits, labels, float32(1.0 / N), losses, dlogits)
+    _softmax_ce_k[_blocks(N), TPB](logits, labels, float32(inv_n), losses, dlogits)
 
 
 # ----------------------------------------------------------------------------

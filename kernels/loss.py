@@ -8,14 +8,15 @@ from numba import prange
 __all__ = ["softmax_cross_entropy"]
 
 
-def softmax_cross_entropy(logits, labels, losses, dlogits):
+def softmax_cross_entropy(logits, labels, inv_n, losses, dlogits):
     """Per-sample losses into ``losses`` (N,) and d(mean loss)/d(logits) into ``dlogits``.
 
     Stable log-sum-exp: loss_n = log(sum_k exp(z_k - m)) - (z_y - m) with m = max_k z_k.
+    ``inv_n`` (the logits' dtype) is 1 / the number of samples the mean runs over: N for
+    a whole batch, the global batch size for a data-parallel rank's share of it.
     The caller averages ``losses`` (in a fixed order) to get the batch loss.
     """
     N, K = logits.shape
-    inv_n = logits.dtype.type(1) / logits.dtype.type(N)
     # PARALLEL: one sample per iteration; row n of losses and dlogits is its own.
     for n in prange(N):
         m = logits[n, 0]

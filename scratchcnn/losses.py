@@ -12,7 +12,12 @@ class SoftmaxCrossEntropy(UsesBackend):
     """Mean over the batch of -log softmax(logits)[label], computed stably.
 
     ``forward(logits, labels)`` returns the loss as a Python float and keeps the
-    gradient; ``backward()`` returns d(loss)/d(logits), shape (N, K).
+    gradient; ``backward()`` returns d(loss)/d(logits), shape (N, K). The
+    per-sample losses of the last call stay in ``losses`` (N,).
+
+    ``forward(logits, labels, mean_over=M)``: the logits are a share of a batch of
+    M samples (a data-parallel rank's rows); the gradient is that of the mean over
+    all M, so the shares' gradients are exactly the rows of the whole batch's.
 
     On the ``"cuda"`` backend the logits and the gradient stay on the device;
     the (host) labels go to the device, and the N per-sample losses come back.
@@ -24,7 +29,8 @@ class SoftmaxCrossEntropy(UsesBackend):
         self.dtype = check_float_dtype(dtype)
         self.backend = backend
 
-    def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
+    def forward(self, logits: np.ndarray, labels: np.ndarray,
+                mean_over: int | None = None) -> float:
         be = self._k
         logits = be.to_device(check_array(self.name, logits, ("N", "K"), self.dtype))
         n, k = logits.shape
@@ -33,7 +39,13 @@ class SoftmaxCrossEntropy(UsesBackend):
             self.losses = be.empty(n, self.dtype)  # reused while the shape stays the same
             self._dlogits = be.empty(logits.shape, self.dtype)
             self._shape_of_buffers = (logits.shape, self._backend_name)
-        be.softmax_cross_entropy(logits, be.to_device(labels), self.losses, self._dlogits)
+        total = n if mean_over is None else int(mean_over)
+        if total < n:
+            raise ValueError(f"{self.name}: mean_over={mean_over} is smaller than the {n} "
+                             f"samples given")
+        inv_n = self.dtype.type(1) / self.dtype.type(total)
+        be.softmax_cross_entropy(logits, be.to_device(labels), inv_n, self.losses,
+                                 self._dlogits)
         # Summed in float64 in a fixed order: the same on every backend.
         return float(be.to_host(self.losses).astype(np.float64).sum() / n)
 

@@ -61,7 +61,7 @@ def _launch_everything(m) -> None:
     flat = x.reshape(-1)
     m.relu_forward(flat, flat)
     m.relu_backward(flat, flat, flat)
-    m.softmax_cross_entropy(yd, np.zeros(n, np.int64), np.zeros(n, F32), yd)
+    m.softmax_cross_entropy(yd, np.zeros(n, np.int64), F32(1 / n), np.zeros(n, F32), yd)
     q = np.zeros(10, F32)
     m.adam_update(q, q, q, q, F32(1e-3), F32(0.9), F32(0.999), F32(1e-7))
     m.sgd_update(q, q, q, F32(0.01), F32(0.9), F32(0))

@@ -123,7 +123,8 @@ def test_other_kernels(nthreads, numba_threads):
     logits = rng.standard_normal((32, 10), dtype=np.float32)
     labels = rng.integers(0, 10, 32)
     _run("softmax_cross_entropy",
-         lambda: (logits, labels, np.empty(32, np.float32), np.empty_like(logits)), [2, 3],
+         lambda: (logits, labels, np.float32(1 / 32), np.empty(32, np.float32),
+                  np.empty_like(logits)), [3, 4],
          numba_threads, nthreads)
 
     g = rng.standard_normal(5000, dtype=np.float32)

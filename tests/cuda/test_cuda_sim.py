@@ -234,9 +234,11 @@ def test_softmax_cross_entropy_kernel(cu):
     logits = (3 * rng.standard_normal((5, 6))).astype(F32)
     labels = rng.integers(0, 6, 5)
     losses, dlogits = np.empty(5, F32), np.empty_like(logits)
-    serial.softmax_cross_entropy(logits, labels, losses, dlogits)
+    inv_n = F32(1) / F32(len(labels))
+    serial.softmax_cross_entropy(logits, labels, inv_n, losses, dlogits)
     losses_, dlogits_ = cu.empty(5, F32), cu.empty(logits.shape, F32)
-    cu.softmax_cross_entropy(cu.to_device(logits), cu.to_device(labels), losses_, dlogits_)
+    cu.softmax_cross_entropy(cu.to_device(logits), cu.to_device(labels), inv_n, losses_,
+                             dlogits_)
     close(cu.to_host(losses_), losses)
     close(cu.to_host(dlogits_), dlogits)
 
