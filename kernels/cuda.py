@@ -588,9 +588,6 @@ class CudaConv2DPlan:
         raise ValueError("backend 'cuda': the weight gradient is summed on the device (atomic "
                          "adds), its per-group pieces are not kept; use a CPU backend")
 
-    def finish_gradients(self, pieces, dw, db) -> None:
-        self.gradient_pieces()
-
 
 # ----------------------------------------------------------------------------
 # the backend namespace

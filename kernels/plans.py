@@ -119,11 +119,6 @@ class Conv2DPlan:
         one (dw | db) product per sample group, in sample order."""
         return {"per_group": self._partial}
 
-    def finish_gradients(self, pieces: dict[str, np.ndarray], dw, db) -> None:
-        """dw, db = the sum of ``pieces["per_group"]`` over its groups, in group order:
-        the backward pass's own sum (any number of groups, e.g. gathered from ranks)."""
-        self._k.conv2d_sum_group_partials(pieces["per_group"], dw, db)
-
 
 def make_conv2d_plan(k: SimpleNamespace, slots: Callable[[], int]) -> Callable[..., Conv2DPlan]:
     """The backend's ``conv2d_plan(x_shape, w_shape, stride, padding, dtype, group_batch=None)``."""

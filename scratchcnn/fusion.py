@@ -80,7 +80,7 @@ class ConvReLUPool(Layer):
         return self._plan.gradient_pieces()
 
     def finish_gradients(self, pieces: dict[str, np.ndarray]) -> None:
-        self._plan.finish_gradients(pieces, self.conv.weight.grad, self.conv.bias.grad)
+        self.conv.finish_gradients(pieces)
 
 
 def fuse_conv_relu_pool(layers: list[Layer]) -> list[Layer]:

@@ -271,7 +271,13 @@ class Conv2D(Layer):
         return self._last_plan.gradient_pieces()
 
     def finish_gradients(self, pieces: dict[str, np.ndarray]) -> None:
-        self._last_plan.finish_gradients(pieces, self.weight.grad, self.bias.grad)
+        """dw, db = the sum of ``pieces["per_group"]`` over its groups, in group order (the
+        backward pass's own sum; any number of groups, e.g. gathered from several ranks)."""
+        sum_groups = getattr(self._k, "conv2d_sum_group_partials", None)
+        if sum_groups is None:
+            raise ValueError(f"{self.name}: backend {self.backend!r} keeps no per-group "
+                             f"gradient pieces; use a CPU backend")
+        sum_groups(pieces["per_group"], self.weight.grad, self.bias.grad)
 
     def __repr__(self) -> str:
         act = f", activation={self.activation!r}" if self.activation else ""

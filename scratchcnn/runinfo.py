@@ -20,6 +20,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def blas_kernels() -> list[str]:
+    """The BLAS libraries loaded in this process and the kernel set each picked for this
+    CPU (OpenBLAS chooses per CPU kind: float bits differ between kinds)."""
+    from threadpoolctl import threadpool_info
+
+    import scratchcnn.kernels  # noqa: F401  (loads SciPy's BLAS, which the kernels call)
+
+    return sorted(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+                  for i in threadpool_info() if i.get("user_api") == "blas")
+
+
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
     for dist in ("scratchcnn", "numpy", "numba", "llvmlite", "scipy", "matplotlib"):

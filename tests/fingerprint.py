@@ -34,17 +34,9 @@ CONFIGS = [("serial", 1, True), ("serial", 1, False)] + [
 
 def blas_info() -> dict[str, str]:
     """CPU model and the BLAS library/kernel np.dot inside the kernels calls."""
-    from threadpoolctl import threadpool_info
+    from scratchcnn.runinfo import blas_kernels, cpu_model
 
-    import scratchcnn.kernels  # noqa: F401  (loads SciPy's BLAS)
-    from scratchcnn.runinfo import cpu_model
-
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return {
-        "cpu_model": cpu_model(),
-        "blas": sorted(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-                       for i in blas),
-    }
+    return {"cpu_model": cpu_model(), "blas": blas_kernels()}
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
