@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 PROG = "python -m scratchcnn.train"
+#: Prefix of error lines: "rank R: " in a data-parallel run of several ranks.
+WHO = ""
 _LAUNCH = time.perf_counter()  # when this module was imported: the start of a CLI run
 
 #: Flags that define a run; a resumed run keeps the checkpoint's values.
@@ -113,12 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "test set")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks, bit for bit equal to one process: "
+                        "mpiexec -n P python -m mpi4py -m scratchcnn.train --distributed ... "
+                        "(pip install '.[mpi]'); --batch-size is the global batch")
     return p
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line to stderr and exit: the CLI never shows a traceback for bad input."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {WHO}{message}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -133,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(args.threads)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    if args.distributed and args.backend == "cuda":
+        fail("--distributed runs on the CPU backends only (the CUDA backend keeps no "
+             "per-group gradient pieces); use --backend parallel or serial")
     if args.backend == "cuda":  # fail before loading data when no GPU (or simulator) is usable
         from scratchcnn.kernels import get_backend
 
@@ -140,35 +149,85 @@ def main(argv: list[str] | None = None) -> int:
             get_backend("cuda")
         except ValueError as e:
             fail(str(e))
-    try:
-        return Trainer(args).run()
-    except ValueError as e:  # bad checkpoint, bad flag combination, ...
-        fail(str(e))
+    if not args.distributed:
+        try:
+            return Trainer(args).run()
+        except ValueError as e:  # bad checkpoint, bad flag combination, ...
+            fail(str(e))
+    from scratchcnn.train_distributed import run_distributed
+
+    return run_distributed(args)
 
 
 class StopRequested:
-    """First Ctrl-C: finish the batch, checkpoint, exit. Second Ctrl-C: stop at once."""
+    """First Ctrl-C: finish the batch, checkpoint, exit. Second Ctrl-C: stop at once.
 
-    def __init__(self) -> None:
+    ``signals``: the signals treated like Ctrl-C (a data-parallel run adds SIGUSR1,
+    which Open MPI's mpirun forwards to the ranks). ``quiet``: print nothing (ranks
+    other than 0)."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT,), quiet: bool = False) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self.quiet = quiet
+        self._previous = {s: signal.signal(s, self._handle) for s in signals}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: finishing this batch, then writing a checkpoint "
-              "(Ctrl-C again to stop at once)", file=sys.stderr)
+        if not self.quiet:
+            print("\ninterrupt: finishing this batch, then writing a checkpoint "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr)
 
     def restore(self) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 class Trainer:
     """One training run: data, model, optimizer, loop, run folder."""
 
+    #: Whether this process writes the run folder and prints (a data-parallel run: rank 0).
+    writer = True
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+
+    # -- what a data-parallel run changes (scratchcnn/train_distributed.py) ----------------
+    def _say(self, *args, **kwargs) -> None:
+        """print(), on the process that reports."""
+        if self.writer:
+            print(*args, **kwargs)
+
+    def _step(self, x, y, stop_requested: bool):
+        """One training step; returns its StepStats and whether to stop after it."""
+        from scratchcnn.loop import train_step
+
+        return train_step(self.model, self.loss, self.opt, x, y), stop_requested
+
+    def _agree(self, flag: bool) -> bool:
+        """A decision every process takes together (one process: its own)."""
+        return flag
+
+    def _evaluate_batches(self, model, loss, batches) -> tuple[float, float]:
+        from scratchcnn.loop import evaluate
+
+        return evaluate(model, loss, batches)
+
+    def _data_ready(self) -> None:
+        """Called once the dataset is loaded (a data-parallel rank 0 lets the others read)."""
+
+    def _config_extra(self) -> dict:
+        return {}
+
+    def _row_extra(self) -> dict:
+        return {}
+
+    def _model_ready(self) -> None:
+        """Model and optimizer built (and resumed): data-parallel ranks compare them here."""
+
+    def _epoch_done(self, epoch: int) -> None:
+        """After an epoch's checkpoint (data-parallel ranks check they still agree)."""
 
     # -- set-up ---------------------------------------------------------------
     def _settings(self) -> tuple[dict, Any]:
@@ -206,6 +265,8 @@ class Trainer:
             while out.exists():
                 n += 1
                 out = Path("runs") / f"{stamp}-{a.backend}-t{a.threads}-{n}"
+        if not self.writer:
+            return out
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):  # left by a run killed while writing a file
             stale.unlink()
@@ -220,6 +281,7 @@ class Trainer:
             data = load_cifar10(a.data_dir, download=True)
         except DataError as e:
             fail(str(e))
+        self._data_ready()
         if a.eval_only:
             return self.evaluate_only(data)
         return self.train(data)
@@ -247,11 +309,10 @@ class Trainer:
     def evaluate(self, model, loss, images, labels) -> tuple[float, float]:
         """Mean loss and accuracy over a whole image set, in fixed-size batches."""
         from scratchcnn.data.loader import BatchLoader
-        from scratchcnn.loop import evaluate
 
         with BatchLoader(images, labels, self.args.eval_batch_size, shuffle=False,
                          threads=self.args.loader_threads, prefetch=self.args.prefetch) as ld:
-            return evaluate(model, loss, ld.epoch(0))
+            return self._evaluate_batches(model, loss, ld.epoch(0))
 
     def train(self, data) -> int:
         """Set up, then train epoch by epoch; 130 when interrupted (checkpoint written)."""
@@ -261,7 +322,7 @@ class Trainer:
         if not self._set_up(data):
             return 0
         self.first_batch_seconds, self.startup_recorded = None, False
-        stop = StopRequested()
+        stop = self._stop_requested()
         loader = BatchLoader(self.train_x, self.train_y, self.settings["batch_size"],
                              shuffle=True, seed=self.settings["seed"],
                              augment=self.settings["augment"], threads=a.loader_threads,
@@ -272,12 +333,13 @@ class Trainer:
                     return self._interrupted(f"at epoch {epoch}, batch "
                                              f"{self.progress.batch}/{len(loader)}")
                 self._end_epoch(epoch, loader)
-                if stop.requested and epoch < a.epochs:
+                self._epoch_done(epoch)
+                if self._agree(stop.requested) and epoch < a.epochs:
                     return self._interrupted(f"after epoch {epoch}")
         finally:
             loader.close()
             stop.restore()
-        print(f"done: best test accuracy {100 * self.progress.best_test_acc:.2f}%; run "
+        self._say(f"done: best test accuracy {100 * self.progress.best_test_acc:.2f}%; run "
               f"folder {self.out}")
         return 0
 
@@ -297,9 +359,10 @@ class Trainer:
         if self.resume_arrays is not None:
             restore(self.resume_arrays, str(self.resume_path), self.model, self.opt)
             if progress.epoch >= a.epochs and progress.batch == 0:
-                print(f"{self.resume_path}: already trained for {progress.epoch} epochs "
+                self._say(f"{self.resume_path}: already trained for {progress.epoch} epochs "
                       f"(--epochs {a.epochs}); nothing to do")
                 return False
+        self._model_ready()
         n_train = min(settings["limit_train"] or len(data.train_labels), len(data.train_labels))
         n_test = min(settings["limit_test"] or len(data.test_labels), len(data.test_labels))
         self.train_x, self.train_y = data.train_images[:n_train], data.train_labels[:n_train]
@@ -315,15 +378,22 @@ class Trainer:
             "parameters": self.model.num_parameters(), "versions": versions(),
             "machine": machine(), "started": datetime.now().isoformat(timespec="seconds"),
             "resumed_from": str(self.resume_path) if self.resume_path else None,
+            **self._config_extra(),
         }
-        _write_json(self.out / "config.json", config)
         progress.config = {"settings": settings}
-        self.metrics = _read_metrics(self.out / "metrics.jsonl", up_to=progress.epoch)
-        _write_metrics(self.out / "metrics.jsonl", self.metrics)
-        print(f"run folder: {self.out}  |  {n_train} train / {n_test} test images  |  backend "
+        if self.writer:
+            _write_json(self.out / "config.json", config)
+            self.metrics = _read_metrics(self.out / "metrics.jsonl", up_to=progress.epoch)
+            _write_metrics(self.out / "metrics.jsonl", self.metrics)
+        else:
+            self.metrics = []
+        self._say(f"run folder: {self.out}  |  {n_train} train / {n_test} test images  |  backend "
               f"{a.backend}, {_compute_units(a)}, "
               f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
         return True
+
+    def _stop_requested(self) -> StopRequested:
+        return StopRequested()
 
     def _optimizer(self):
         from scratchcnn.optim import SGD, Adam
@@ -338,7 +408,7 @@ class Trainer:
         (``progress`` then holds the position and the running sums)."""
         from tqdm import tqdm
 
-        from scratchcnn.loop import NonFiniteLoss, train_step
+        from scratchcnn.loop import NonFiniteLoss
 
         a, progress = self.args, self.progress
         skip = progress.batch
@@ -348,16 +418,16 @@ class Trainer:
         wait_before = sums["wait"]
         bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch}/{a.epochs}",
                    unit="batch", leave=False, dynamic_ncols=True,
-                   disable=True if a.no_progress else None)
+                   disable=True if a.no_progress or not self.writer else None)
         t_start = time.perf_counter()
         try:
             for b, (x, y) in enumerate(loader.epoch(epoch, start=skip), start=skip):
                 if self.first_batch_seconds is None:
                     self.first_batch_seconds = time.perf_counter() - _LAUNCH
-                    print(f"first batch {self.first_batch_seconds:.1f} s after launch (data "
+                    self._say(f"first batch {self.first_batch_seconds:.1f} s after launch (data "
                           f"loading, Numba import and JIT warm-up included)", flush=True)
                 try:
-                    step = train_step(self.model, self.loss, self.opt, x, y)
+                    step, stopping = self._step(x, y, stop.requested)
                 except NonFiniteLoss as e:
                     bar.close()
                     kept = (f"the last good checkpoint ({progress.epoch} epochs) is "
@@ -373,7 +443,7 @@ class Trainer:
                     el = sums["seconds"] + time.perf_counter() - t_start
                     bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
                                     img_s=f"{sums['seen'] / max(el, 1e-9):.0f}", refresh=False)
-                if stop.requested and b + 1 < len(loader):
+                if stopping and b + 1 < len(loader):
                     sums["seconds"] += time.perf_counter() - t_start
                     sums["wait"] = wait_before + loader.wait_seconds
                     progress.batch, progress.partial = b + 1, sums
@@ -404,22 +474,26 @@ class Trainer:
             "eval_seconds": time.perf_counter() - t_eval,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "resumed_mid_epoch": self.resumed_mid_epoch,
+            **self._row_extra(),
         }
         if not self.startup_recorded:  # the first epoch this process trained
             row["seconds_to_first_batch"] = self.first_batch_seconds
             self.startup_recorded = True
         self.metrics.append(row)
         progress.epoch, progress.batch, progress.partial = epoch, 0, {}
-        if test_acc > progress.best_test_acc:
+        best = test_acc > progress.best_test_acc
+        if best:
             progress.best_test_acc = test_acc
-            save_checkpoint(out / "best.npz", self.model, self.opt, progress)
-        save_checkpoint(out / "checkpoint.npz", self.model, self.opt, progress)
-        _write_metrics(out / "metrics.jsonl", self.metrics)
-        s = self.settings
-        plot_curves(self.metrics, out / "curves.png",
-                    title=f"scratchcnn, {a.backend} backend, batch {s['batch_size']}, "
-                          f"{s['optimizer']}")
-        print(f"epoch {epoch:>3}/{a.epochs}  train loss {row['train_loss']:.4f} "
+        if self.writer:
+            if best:
+                save_checkpoint(out / "best.npz", self.model, self.opt, progress)
+            save_checkpoint(out / "checkpoint.npz", self.model, self.opt, progress)
+            _write_metrics(out / "metrics.jsonl", self.metrics)
+            s = self.settings
+            plot_curves(self.metrics, out / "curves.png",
+                        title=f"scratchcnn, {a.backend} backend, batch {s['batch_size']}, "
+                              f"{s['optimizer']}")
+        self._say(f"epoch {epoch:>3}/{a.epochs}  train loss {row['train_loss']:.4f} "
               f"acc {100 * row['train_acc']:.2f}%  |  test loss {test_loss:.4f} "
               f"acc {100 * test_acc:.2f}%  |  {row['epoch_seconds']:.1f} s  "
               f"{row['images_per_second']:.0f} img/s  data wait "
@@ -430,9 +504,9 @@ class Trainer:
         from scratchcnn.checkpoint import save_checkpoint
 
         ckpt = self.out / "checkpoint.npz"
-        if self.progress.batch:
+        if self.progress.batch and self.writer:
             save_checkpoint(ckpt, self.model, self.opt, self.progress)
-        print(f"interrupted {where}; checkpoint written. Resume with: {PROG} --resume "
+        self._say(f"interrupted {where}; checkpoint written. Resume with: {PROG} --resume "
               f"{ckpt} --epochs {self.args.epochs}", file=sys.stderr)
         return 130
 
