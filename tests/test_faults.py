@@ -696,3 +696,23 @@ def test_progress_bars_are_off_with_no_progress_even_on_a_terminal(data_dir, tmp
     assert train_mod.main(_flags(data_dir, tmp_path / "run", "--epochs", "1")) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and "%|" not in err
+
+
+# ----------------------------------------------------------------------------- 9. README
+
+def test_readme_reliability_claims_point_to_existing_tests():
+    """Every test the README's Reliability section names exists (a renamed test fails here)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Reliability", 1)[1].split("\n## ", 1)[0]
+    names = re.findall(r"`((?:tests/\w+\.py::)?test_\w+)\*?(?:\[[^\]]*\])?`", section)
+    assert len(names) >= 25
+    here = Path(__file__).read_text()
+    for name in names:
+        path, _, test = name.rpartition("::")
+        source = (REPO / path).read_text() if path else here
+        if test.endswith("_"):  # a prefix: test_out_*
+            assert f"def {test}" in source, name
+        else:
+            assert re.search(rf"^def {test}\(", source, re.M), name

@@ -180,7 +180,7 @@ def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> str:
                 unit_scale=True,
                 unit_divisor=1024,
                 desc="cifar-10-python.tar.gz",
-                disable=not progress,
+                disable=None if progress else True,  # None: off when stderr is no terminal
                 leave=False,
             ) as bar:
                 while chunk := response.read(_CHUNK):
