@@ -299,6 +299,7 @@ class Trainer:
             raise ValueError(f"{flag}: exists and is not a folder; pass a folder path")
         from scratchcnn.files import RunLock, RunLocked
 
+        had_lock_file = (out / RunLock.NAME).exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
             self.lock = RunLock(out)  # also proves the folder is writable
@@ -313,6 +314,8 @@ class Trainer:
         taken = sorted(p.name for p in out.iterdir() if p.name != RunLock.NAME)
         if taken and not resuming_here:
             if not a.overwrite:
+                if not had_lock_file:  # leave the user's folder as it was (lock held: no race)
+                    (out / RunLock.NAME).unlink(missing_ok=True)
                 self.release()
                 shown = ", ".join(taken[:4]) + (", ..." if len(taken) > 4 else "")
                 raise ValueError(f"{flag}: the folder is not empty (holds {shown}); continue "

@@ -481,10 +481,11 @@ def test_non_empty_folder_is_not_replaced(one_epoch, data_dir, tmp_path, capsys)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     _fails(capsys, _flags(data_dir, run, "--epochs", "1"), f"--out {run}", "not empty",
            "--resume", "--overwrite")
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == before
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # not even a .lock
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("my notes")
     _fails(capsys, _flags(data_dir, tmp_path / "mine", "--epochs", "1"), "notes.txt")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     assert (tmp_path / "mine" / "notes.txt").read_text() == "my notes"
 
 
