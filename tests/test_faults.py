@@ -343,10 +343,13 @@ def test_killed_downloads_leftovers_are_removed(tmp_path, http_server, make_tarb
     assert sorted(p.name for p in data.iterdir()) == ["cifar-10-batches-py", "mine.txt"]
 
 
-def _wait_for(path: Path, p: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while not path.exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.05)
+def _wait_for_training(p: subprocess.Popen) -> None:
+    """Read the run's stdout until its first batch is trained (the signal handlers are
+    installed by then: no race with start-up, however loaded the machine)."""
+    for line in p.stdout:
+        if line.startswith("first batch"):
+            return
+    raise AssertionError(f"the run ended before its first batch: {p.stderr.read()}")
 
 
 def test_sigterm_checkpoints_and_the_printed_command_resumes(tmp_path, write_fake_cifar):
@@ -356,11 +359,10 @@ def test_sigterm_checkpoints_and_the_printed_command_resumes(tmp_path, write_fak
     write_fake_cifar(data, n=400, seed=1)  # 2000 images: 250 batches of 8
     run = tmp_path / "my run"
     env = {"SCRATCHCNN_DATA": ""}
-    p = _cli(["--data-dir", str(data), "--out", str(run), "--epochs", "2", "--batch-size", "8",
+    p = _cli(["--data-dir", str(data), "--out", str(run), "--epochs", "3", "--batch-size", "8",
               "--threads", "2"], env=env, background=True)
-    _wait_for(run / "config.json", p)
-    time.sleep(0.3)
-    p.send_signal(signal.SIGTERM)
+    _wait_for_training(p)
+    p.send_signal(signal.SIGTERM)  # in epoch 1 of 3: it stops at the end of this batch
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err and "Resume with: " in err
@@ -372,8 +374,8 @@ def test_sigterm_checkpoints_and_the_printed_command_resumes(tmp_path, write_fak
     elsewhere.mkdir()
     r = _cli(argv[3:], env=env, cwd=elsewhere)
     assert r.returncode == 0, r.stderr
-    assert [m["epoch"] for m in _metrics(run)] == [1, 2]
-    assert read_progress(run / "checkpoint.npz")[1].epoch == 2
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2, 3]
+    assert read_progress(run / "checkpoint.npz")[1].epoch == 3
 
 
 # ----------------------------------------------------------------------------- 1. library
@@ -518,8 +520,8 @@ def test_two_processes_on_one_folder(data_dir, tmp_path):
     run = tmp_path / "run"
     p = _cli(_flags(data_dir, run, "--epochs", "1000", "--limit-test", "16"), background=True)
     try:
-        _wait_for(run / "checkpoint.npz", p)
-        r = _cli(_flags(data_dir, None, "--resume", str(run), "--epochs", "2000"))
+        _wait_for_training(p)
+        r = _cli(_flags(data_dir, run, "--epochs", "1", "--overwrite"))
         assert "another run is writing" in _one_line(r)
     finally:
         p.kill()
@@ -663,6 +665,28 @@ def test_unpickler_refuses_huge_arrays_before_allocating(tmp_path):
     f.write_bytes(pickle.dumps(_Reduce(np.ndarray, ((1 << 20, 1 << 20),)), protocol=2))
     with pytest.raises(DataError, match="refused to load"):
         safe_unpickle(f)
+
+
+def test_unpickler_admits_codecs_encode_for_latin1_only(tmp_path):
+    import _codecs
+
+    f = tmp_path / "batches.meta"
+    f.write_bytes(pickle.dumps(_Reduce(_codecs.encode, ("ab", "latin1")), protocol=2))
+    assert safe_unpickle(f) == b"ab"
+    f.write_bytes(pickle.dumps(_Reduce(_codecs.encode, ("\U0010ffff" * 4, "unicode_escape")),
+                               protocol=2))
+    with pytest.raises(DataError, match="only admitted for Latin-1"):
+        safe_unpickle(f)
+
+
+def test_download_stops_past_the_size_cap(tmp_path, http_server, make_tarball, monkeypatch):
+    base, served = http_server
+    _, md5 = make_tarball(served)
+    monkeypatch.setattr(download_mod, "MAX_DOWNLOAD_BYTES", 1000)
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match="more than the 0 MiB"):
+        download_cifar10(data, url=f"{base}/cifar-10-python.tar.gz", md5=md5, progress=False)
+    assert list(data.iterdir()) == []
 
 
 def test_extraction_stops_past_the_size_cap_even_with_the_users_checksum(

@@ -118,12 +118,23 @@ def _guarded_scalar(dtype: object, *args: Any) -> Any:
     return _numpy_multiarray().scalar(dtype, *args)
 
 
+_LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
+
+
+def _latin1_encode(text: object, encoding: object = "utf-8", *rest: Any) -> bytes:
+    """``_codecs.encode`` as protocol < 3 pickles use it (str -> bytes in Latin-1, one byte
+    per character); other codecs (some expand their input many times) are refused."""
+    if not isinstance(text, str) or not isinstance(encoding, str) or (
+            encoding.lower() not in _LATIN1) or rest:
+        raise pickle.UnpicklingError(f"_codecs.encode is only admitted for Latin-1 text, got "
+                                     f"encoding {encoding!r}")
+    return text.encode("latin1")
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     """What a dataset pickle may name. None of these can allocate more than the file
     holds, except arrays, whose size is checked (MAX_ARRAY_BYTES) before allocation:
     ``builtins.bytearray(n)`` would allocate n bytes from a 30-byte file, so it is out."""
-    import _codecs
-
     allowed: dict[tuple[str, str], Any] = {
         # NumPy array reconstruction, under the NumPy 1 name (official Python 2
         # files, NumPy 1 re-packs) and the NumPy 2 name, size-checked.
@@ -134,7 +145,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         ("numpy", "ndarray"): _GuardedNdarray,
         ("numpy", "dtype"): np.dtype,
         # Python 3 pickles of protocol < 3 store bytes as _codecs.encode(str, "latin1").
-        ("_codecs", "encode"): _codecs.encode,
+        ("_codecs", "encode"): _latin1_encode,
     }
     # Plain builtin containers and scalars (only needed by protocol 0/1 pickles); each
     # holds no more than the pickle itself does.

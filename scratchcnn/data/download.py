@@ -46,6 +46,8 @@ MD5_ENV = "SCRATCHCNN_CIFAR10_MD5"
 _CHUNK = 1 << 20
 #: Extraction stops past this many bytes or members, whatever the checksum.
 MAX_EXTRACT_BYTES = 512 << 20
+#: A download stops past this many bytes (the official archive: 163 MB).
+MAX_DOWNLOAD_BYTES = 1 << 30
 MAX_MEMBERS = 1000
 
 
@@ -183,7 +185,14 @@ def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> str:
                 disable=None if progress else True,  # None: off when stderr is no terminal
                 leave=False,
             ) as bar:
+                if total is not None and total > MAX_DOWNLOAD_BYTES:
+                    raise _Failure(f"the server announces {total:,} bytes, more than the "
+                                   f"{MAX_DOWNLOAD_BYTES >> 20} MiB a CIFAR-10 archive can be")
                 while chunk := response.read(_CHUNK):
+                    if received + len(chunk) > MAX_DOWNLOAD_BYTES:
+                        raise _Failure(f"stopped after {received:,} bytes: more than the "
+                                       f"{MAX_DOWNLOAD_BYTES >> 20} MiB a CIFAR-10 archive "
+                                       f"can be")
                     try:
                         out.write(chunk)
                     except OSError as err:
