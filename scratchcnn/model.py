@@ -28,6 +28,10 @@ class Sequential:
         self._pooled: set[int] = set()  # conv layers run with the next layer's pool
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise ValueError(f"Sequential: item {i} is a {type(layer).__name__}, not a layer "
+                                 f"(Conv2D, MaxPool2D, Dense, ReLU, Flatten)")
         seen: Counter[str] = Counter()
         for layer in self.layers:
             if layer.auto_named:  # unnamed: number it like Keras does

@@ -345,7 +345,8 @@ class Trainer:
 
         a = self.args
         try:
-            data = load_cifar10(a.data_dir, download=True, progress=self.show_progress)
+            # progress: a "Downloading" line, and a bar only if stderr is a terminal
+            data = load_cifar10(a.data_dir, download=True, progress=not a.no_progress)
         except DataError as e:
             fail(str(e))
         if a.eval_only:

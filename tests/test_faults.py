@@ -411,7 +411,8 @@ def test_other_constructor_errors():
                          (lambda: sc.Dense(3, True), "out_features"),
                          (lambda: sc.MaxPool2D(2.0), "pool_size"),
                          (lambda: sc.MaxPool2D(2, stride=(2,)), "stride"),
-                         (lambda: sc.Dense(3, 4, name=5), "name")]:
+                         (lambda: sc.Dense(3, 4, name=5), "name"),
+                         (lambda: sc.Sequential([sc.Flatten(), 3]), "item 1 is a int")]:
         with pytest.raises(ValueError, match=needle):
             make()
 
@@ -711,6 +712,7 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, http_server, m
              env={"SCRATCHCNN_CIFAR10_URL": f"{base}/cifar-10-python.tar.gz",
                   "SCRATCHCNN_CIFAR10_MD5": md5})
     assert r.returncode == 0, r.stderr
+    assert "Downloading" in r.stderr  # the one-line notice stays
     assert "\r" not in r.stderr and "it/s" not in r.stderr and "batch/s" not in r.stderr
     assert "%|" not in r.stderr
 
