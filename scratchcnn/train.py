@@ -249,7 +249,9 @@ class Trainer:
         if a.backend == "parallel":
             cmd += ["--threads", str(a.threads)]
         if self.out is not None and Path(ckpt).parent.resolve() != self.out.resolve():
-            cmd += ["--out", str(self.out)]
+            # No checkpoint in this run's folder yet: its files are rebuilt from the
+            # resumed folder's, so they may be replaced.
+            cmd += ["--out", str(self.out), "--overwrite"]
         if a.no_progress:
             cmd.append("--no-progress")
         return shlex.join(cmd)

@@ -179,6 +179,27 @@ def test_disk_full_keeps_the_previous_checkpoint(one_epoch, data_dir, tmp_path, 
     assert not list(run.glob(".*.tmp"))
 
 
+def test_disk_full_in_a_new_folder_prints_a_working_resume_command(one_epoch, data_dir, tmp_path,
+                                                                   capsys, monkeypatch):
+    real = files.write_bytes_atomic
+
+    def full(path, data):
+        if Path(path).name == "checkpoint.npz":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(files, "write_bytes_atomic", full)
+    new = tmp_path / "new run"
+    line = _fails(capsys, _flags(data_dir, new, "--resume", str(one_epoch), "--epochs", "2"),
+                  "No space left on device", str(one_epoch / "checkpoint.npz"), "is intact")
+    monkeypatch.setattr(files, "write_bytes_atomic", real)  # space freed
+    argv = shlex.split(line.split("resume with: ", 1)[1])
+    assert argv[:3] == ["python", "-m", "scratchcnn.train"]
+    assert train_mod.main(argv[3:]) == 0
+    assert [m["epoch"] for m in _metrics(new)] == [1, 2]
+    assert read_progress(new / "checkpoint.npz")[1].epoch == 2
+
+
 def test_real_file_size_limit_in_a_subprocess(one_epoch, data_dir, tmp_path):
     """RLIMIT_FSIZE makes the kernel refuse the checkpoint's bytes (EFBIG), as a full disk
     would: one line, the old checkpoint intact and loadable, no temporary file left."""
