@@ -503,8 +503,11 @@ class Trainer:
             for b, (x, y) in enumerate(loader.epoch(epoch, start=skip), start=skip):
                 if self.first_batch_seconds is None:
                     self.first_batch_seconds = time.perf_counter() - _LAUNCH
-                    print(f"first batch {self.first_batch_seconds:.1f} s after launch (data "
-                          f"loading, Numba import and JIT warm-up included)", flush=True)
+                    # tqdm.write: clears the bar first, so the line never lands on it
+                    tqdm.write(f"first batch {self.first_batch_seconds:.1f} s after launch "
+                               f"(data loading, Numba import and JIT warm-up included)",
+                               file=sys.stdout)
+                    sys.stdout.flush()
                 try:
                     step = train_step(self.model, self.loss, self.opt, x, y)
                 except FloatingPointError as e:  # loss, gradient or weight not finite

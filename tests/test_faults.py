@@ -764,3 +764,39 @@ def test_readme_reliability_claims_point_to_existing_tests():
             assert f"def {test}" in source, name
         else:
             assert re.search(rf"^def {test}\(", source, re.M), name
+
+
+def test_an_error_never_lands_on_a_progress_bar_line(data_dir, tmp_path):
+    """stderr on a terminal (a pty), the bar drawn, then training diverges mid-epoch: the
+    error line starts on a cleared line, not after the bar's text."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    cmd = [sys.executable, "-m", "scratchcnn.train", "--data-dir", str(data_dir), "--out",
+           str(tmp_path / "run"), "--threads", "2", "--batch-size", "8", "--lr", "1e30"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    raw = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        raw += chunk
+    os.close(master)
+    assert p.wait(timeout=120) == 1
+    text = raw.decode("utf-8", "replace")
+    assert "%|" in text or "batch/s" in text  # the bar was drawn
+    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if "error:" in ln]
+    assert len(lines) == 1 and "became" in lines[0] and "Traceback" not in text, text
+    segments = lines[0].split("\r")
+    assert segments[-1].startswith(PREFIX), repr(lines[0])
+    assert all(not seg.strip() for seg in segments[-2:-1]), repr(lines[0])  # cleared first
+
