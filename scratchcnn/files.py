@@ -85,13 +85,57 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> N
     write_bytes_atomic(path, buf.getvalue())
 
 
+#: An .npz may declare at most this much beyond 8 times its own size (a compressed member
+#: of zeros is legitimate; a 1 kB file that unpacks to gigabytes is not).
+NPZ_SLACK_BYTES = 64 << 20
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _check_npz_sizes(path: str | os.PathLike) -> None:
+    """Refuse, before anything is allocated, an .npz whose members declare more bytes than
+    the file can plausibly hold, or whose array headers claim more than their member."""
+    import zipfile
+
+    limit = 8 * os.path.getsize(path) + NPZ_SLACK_BYTES
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        declared = sum(i.file_size for i in infos)
+        if declared > limit:
+            raise _Refused(f"its members declare {declared:,} bytes, far more than a file of "
+                           f"this size holds")
+        for info in infos:
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:  # 3.0: structured dtypes with non-Latin-1 names; no checkpoint has them
+                    raise _Refused(f"entry {info.filename!r} has .npy version {version}")
+                if dtype.hasobject:
+                    raise _Refused(f"entry {info.filename!r} holds Python objects")
+                if int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                    raise _Refused(f"entry {info.filename!r} claims shape {shape} of "
+                                   f"{dtype}, more than its {info.file_size:,} bytes")
+
+
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an .npz into memory; ValueError (one line) if unreadable."""
+    """Read every array of an .npz into memory; ValueError (one line) if unreadable.
+
+    Sizes are checked first (``_check_npz_sizes``): a hostile file cannot make this
+    allocate more than about 8 times its own size."""
     try:
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
+    except _Refused as e:
+        raise ValueError(f"{path}: refused to load: {e}; use another checkpoint or start "
+                         f"without it") from None
     except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, ...
         what = " ".join(f"{type(e).__name__}: {e}".split())
         raise ValueError(f"{path}: not a readable .npz checkpoint ({what}); "

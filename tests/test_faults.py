@@ -711,6 +711,36 @@ def test_download_stops_past_the_size_cap(tmp_path, http_server, make_tarball, m
     assert list(data.iterdir()) == []
 
 
+def test_npz_declaring_huge_arrays_is_refused_before_allocating(tmp_path, capsys, data_dir):
+    """A 1 kB checkpoint whose array header claims 1 TB, and one whose compressed member
+    unpacks to far more than the file: refused in one line, nothing allocated."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1 << 38,)})
+    liar = tmp_path / "liar.npz"
+    with zipfile.ZipFile(liar, "w") as zf:
+        zf.writestr("model/conv1.weight.npy", header.getvalue() + b"\0" * 64)
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("model/conv1.weight.npy", "w", force_zip64=True) as f:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                          "shape": (25 << 20,)})
+            f.write(header.getvalue())
+            zeros = bytes(1 << 20)
+            for _ in range(100):  # 100 MiB of zeros in ~100 kB
+                f.write(zeros)
+    assert bomb.stat().st_size < 2 << 20
+    for path, needle in ((liar, "claims shape"), (bomb, "declare")):
+        with pytest.raises(ValueError, match=needle):
+            files.load_npz(path)
+        _fails(capsys, _flags(data_dir, None, "--eval-only", str(path)), str(path),
+               "refused to load")
+
+
 def test_extraction_stops_past_the_size_cap_even_with_the_users_checksum(
         tmp_path, http_server, make_tarball, monkeypatch):
     base, served = http_server
