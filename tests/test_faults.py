@@ -830,3 +830,29 @@ def test_an_error_never_lands_on_a_progress_bar_line(data_dir, tmp_path):
     assert segments[-1].startswith(PREFIX), repr(lines[0])
     assert all(not seg.strip() for seg in segments[-2:-1]), repr(lines[0])  # cleared first
 
+
+
+def test_no_import_cycle_in_the_data_package():
+    """cifar10.py may import download.py (lazily); download.py imports only layout.py."""
+    import ast
+
+    folder = REPO / "scratchcnn" / "data"
+    graph = {}
+    for f in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "scratchcnn.data."):
+                deps.add(node.module.rsplit(".", 1)[1])
+        graph[f.stem] = deps - {"__init__"}
+
+    def reaches(a, b, seen=()):
+        return any(d == b or (d not in seen and reaches(d, b, (*seen, d)))
+                   for d in graph.get(a, ()))
+
+    assert "layout" in graph["download"] and "cifar10" not in graph["download"]
+    for module in graph:
+        if module != "__init__":
+            assert not reaches(module, module), module
