@@ -93,9 +93,9 @@ def _check_meta(meta: object, path: object) -> Progress:
             raise bad(f"{key!r} must be an integer >= 0, got {meta[key]!r}")
     if not _is_real(meta["best_test_acc"]) or not -1 <= meta["best_test_acc"] <= 1:
         raise bad(f"'best_test_acc' must be a number in [-1, 1], got {meta['best_test_acc']!r}")
-    if not isinstance(meta["config"], dict) or not isinstance(meta["config"].get("settings"),
-                                                              dict):
-        raise bad("'config' must be an object holding 'settings'")
+    config = meta["config"]
+    if not isinstance(config, dict) or not isinstance(config.get("settings", {}), dict):
+        raise bad("'config' must be an object ('settings', if present, too)")
     partial = meta["partial"]
     if not isinstance(partial, dict):
         raise bad(f"'partial' must be an object, got {type(partial).__name__}")

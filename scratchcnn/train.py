@@ -270,7 +270,7 @@ class Trainer:
         else:
             self.resume_path = resolve_checkpoint(a.resume)
             self.resume_arrays, progress = read_progress(self.resume_path)
-            settings = _checked_settings(progress.config["settings"], self.resume_path)
+            settings = _checked_settings(progress.config.get("settings"), self.resume_path)
             for k, v in given.items():
                 if v is not None and v != settings[k]:
                     raise ValueError(f"--{k.replace('_', '-')} {v} differs from the resumed "
@@ -611,8 +611,12 @@ def _compute_units(a: argparse.Namespace) -> str:
     return f"{a.threads if a.backend == 'parallel' else 1} thread(s)"
 
 
-def _checked_settings(settings: dict, source: object) -> dict:
+def _checked_settings(settings: dict | None, source: object) -> dict:
     """A checkpoint's run settings, each of the right type and range (ValueError if not)."""
+    if settings is None:
+        raise ValueError(f"{source}: the checkpoint holds no run settings (saved by the "
+                         f"library, not by this command); continue it from Python, or use "
+                         f"--eval-only")
     def bad(key: str, want: str) -> ValueError:
         return ValueError(f"{source}: corrupt checkpoint settings: {key!r} must be {want}, got "
                           f"{settings.get(key)!r}; use another checkpoint or start a new run")

@@ -235,6 +235,7 @@ def _tamper_cases():
         "missing key": (meta(lambda m: m.pop("best_test_acc")), "missing keys"),
         "wrong type": (meta(lambda m: m.update(epoch="1")), "'epoch'"),
         "settings not a dict": (meta(lambda m: m.update(config={"settings": 3})), "'config'"),
+        "no settings": (meta(lambda m: m.update(config={})), "no run settings"),
         "batch size 0": (meta(lambda m: m["config"]["settings"].update(batch_size=0)),
                          "'batch_size'"),
         "unknown optimizer": (meta(lambda m: m["config"]["settings"].update(optimizer="x")),
