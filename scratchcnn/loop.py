@@ -51,17 +51,20 @@ class NonFiniteParameter(FloatingPointError):
     infinite. ``str`` names the parameter."""
 
 
-def _first_non_finite(model: Sequential, what: str) -> str | None:
+def _first_non_finite(model: Sequential, opt: Optimizer, what: str) -> str | None:
     """Name of the first parameter whose ``what`` ("grad" or "value") has a NaN or inf.
 
+    ``opt.all_finite`` answers the usual case in one pass over its flat array (about
+    35 us for the reference network); the names are looked up only when it says no.
     Host arrays only (a CUDA device array would need a copy per step; the loss check
-    catches the NaN there one step later). About 0.1 ms for the reference network."""
+    catches the NaN there one step later)."""
+    if opt.all_finite(what):
+        return None
     for name, p in model.named_parameters():
         a = getattr(p, what)
-        if isinstance(a, np.ndarray) and not np.isfinite(a.sum(dtype=np.float64)):
-            if not np.isfinite(a).all():  # the sum can overflow on finite values
-                return name
-    return None
+        if isinstance(a, np.ndarray) and not np.isfinite(a).all():
+            return name
+    return "a parameter not in the model"  # the optimizer updates more than the model
 
 
 @dataclass
@@ -91,10 +94,10 @@ def train_step(model: Sequential, loss_fn: SoftmaxCrossEntropy, opt: Optimizer,
     model.backward(loss_fn.backward())
     if gradient_hook is not None:
         gradient_hook(model)
-    if check_finite and (bad := _first_non_finite(model, "grad")) is not None:
+    if check_finite and (bad := _first_non_finite(model, opt, "grad")) is not None:
         raise NonFiniteParameter(f"the gradient of {bad} became non-finite (NaN or inf)")
     opt.step()
-    if check_finite and (bad := _first_non_finite(model, "value")) is not None:
+    if check_finite and (bad := _first_non_finite(model, opt, "value")) is not None:
         raise NonFiniteParameter(f"weight {bad} became non-finite (NaN or inf)")
     return StepStats(batch_loss, accuracy_count(logits, y), len(y))
 

@@ -106,6 +106,18 @@ class Optimizer(UsesBackend):
             slots = [self.state[s][i].reshape(-1) for s in self.slots]
             self._update(p.value.reshape(-1), p.grad.reshape(-1), slots, p.value.dtype.type)
 
+    def all_finite(self, what: str = "grad") -> bool:
+        """Whether every parameter's gradient (``"grad"``) or value (``"value"``) is finite.
+
+        One pass over the flat array on the CPU backends (about 35 us for the reference
+        network); device arrays are not checked (that would be a copy per step)."""
+        flat = self._flat
+        if flat is not None and all(p.value is v and p.grad is g
+                                    for p, (v, g) in zip(self.params, flat[2])):
+            return bool(np.isfinite(flat[0] if what == "value" else flat[1]).all())
+        return all(np.isfinite(a).all() for a in (getattr(p, what) for p in self.params)
+                   if isinstance(a, np.ndarray))
+
     def _update(self, p, g, slots, dt) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -649,8 +649,8 @@ def test_nan_stop_names_a_checkpoint_that_exists(one_epoch, data_dir, tmp_path, 
 
     real = loop._first_non_finite
     monkeypatch.setattr(loop, "_first_non_finite",
-                        lambda model, what: "dense1.weight" if what == "grad" else real(model,
-                                                                                        what))
+                        lambda model, opt, what: "dense1.weight" if what == "grad"
+                        else real(model, opt, what))
     new = tmp_path / "new"
     line = _fails(capsys, _flags(data_dir, new, "--resume", str(one_epoch), "--epochs", "2"),
                   "gradient of dense1.weight became non-finite", "training stopped")
