@@ -76,7 +76,10 @@ def check_array(layer: str, x: object, spec: ShapeSpec, dtype: np.dtype) -> np.n
 
 def check_float_dtype(dtype: object) -> np.dtype:
     """Layers compute in float32 (training) or float64 (gradient checks)."""
-    dt = np.dtype(dtype)  # type: ignore[arg-type]
+    try:
+        dt = np.dtype(dtype)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
     return dt

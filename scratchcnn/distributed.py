@@ -46,7 +46,7 @@ import numpy as np
 from scratchcnn.comm import Communicator
 from scratchcnn.fusion import ConvReLUPool
 from scratchcnn.layers import Conv2D, Dense
-from scratchcnn.loop import NonFiniteLoss, StepStats
+from scratchcnn.loop import NonFiniteLoss, NonFiniteParameter, StepStats, first_non_finite
 from scratchcnn.losses import SoftmaxCrossEntropy, accuracy_count
 from scratchcnn.model import Sequential
 from scratchcnn.optim import Optimizer
@@ -161,7 +161,11 @@ class DataParallelStep:
         if not math.isfinite(batch_loss):
             raise NonFiniteLoss(batch_loss)
         model.finish_gradients(pieces)
+        if (bad := first_non_finite(model, self.opt, "grad")) is not None:
+            raise NonFiniteParameter(f"the gradient of {bad} became non-finite (NaN or inf)")
         self.opt.step()
+        if (bad := first_non_finite(model, self.opt, "value")) is not None:
+            raise NonFiniteParameter(f"weight {bad} became non-finite (NaN or inf)")
         return StepStats(batch_loss, correct, n), stop_any
 
     def _layout(self, n: int, sh: list[tuple[int, int]], mine) -> _Layout:

@@ -59,10 +59,28 @@ def glorot_uniform(
     return rng.uniform(-limit, limit, size=shape).astype(dtype)
 
 
-def _pair(v: int | tuple[int, int], what: str) -> tuple[int, int]:
-    a, b = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if int(a) < 1 or int(b) < 1:
-        raise ValueError(f"{what} must be >= 1, got {v}")
+def _is_int(v: object) -> bool:
+    """A Python or NumPy integer (not a bool, not a float that happens to be whole)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _count(v: object, what: str) -> int:
+    """An integer >= 1 (a channel or feature count), else a one-line ValueError."""
+    if not _is_int(v) or int(v) < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {v!r}")
+    return int(v)
+
+
+def _pair(v: int | tuple[int, int], what: str, lo: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints, each >= ``lo``, as a pair; else a one-line ValueError."""
+    if _is_int(v):
+        a, b = v, v
+    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(e) for e in v):
+        a, b = v
+    else:
+        raise ValueError(f"{what} must be an integer or a pair of integers, got {v!r}")
+    if int(a) < lo or int(b) < lo:
+        raise ValueError(f"{what} must be >= {lo}, got {v!r}")
     return int(a), int(b)
 
 
@@ -83,13 +101,21 @@ class Layer:
 
     def __init__(self, *, backend: str = "parallel", dtype: object = np.float32,
                  name: str | None = None) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"{self.kind}: name must be a non-empty string, got {name!r}")
         self.name = name or self.kind
         self.auto_named = name is None
-        self.dtype = check_float_dtype(dtype)
+        try:
+            self.dtype = check_float_dtype(dtype)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{self.name}: {' '.join(str(e).split())}") from None
         #: The batch size sample groups are chosen for (None: each batch's own size).
         #: A data-parallel rank sets the global batch size (``Sequential.set_group_batch``).
         self.group_batch: int | None = None
-        self.backend = backend
+        try:
+            self.backend = backend
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{self.name}: {' '.join(str(e).split())}") from None
 
     @property
     def backend(self) -> str:
@@ -176,8 +202,9 @@ class Conv2D(Layer):
     """2-D convolution with bias: (N, C, H, W) -> (N, F, OH, OW).
 
     ``padding``: an int, a pair (ph, pw), ``"valid"`` (0) or ``"same"`` (odd
-    kernels only: (k - 1) // 2 on each side, which keeps H, W at stride 1 and
-    gives ceil(H / stride) at larger strides). ``activation="relu"`` applies
+    kernels and stride 1 only: (k - 1) // 2 on each side keeps H, W; with a
+    larger stride Keras pads the odd row/column at the bottom/right, which the
+    symmetric kernels cannot, so that is refused). ``activation="relu"`` applies
     max(., 0) inside the kernel's output pass, as Keras's ``Conv2D(...,
     activation="relu")`` does in one layer (it saves a pass over the output).
     """
@@ -190,10 +217,9 @@ class Conv2D(Layer):
                  rng: np.random.Generator | None = None, **kw) -> None:
         super().__init__(**kw)
         self.activation = _activation(activation, self.name)
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"{self.name}: channel counts must be >= 1, got "
-                             f"in_channels={in_channels}, out_channels={out_channels}")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = _count(in_channels, f"{self.name}: in_channels")
+        self.out_channels = _count(out_channels, f"{self.name}: out_channels")
+        in_channels, out_channels = self.in_channels, self.out_channels
         self.kernel_size = _pair(kernel_size, f"{self.name}: kernel_size")
         self.stride = _pair(stride, f"{self.name}: stride")
         self.padding = self._resolve_padding(padding)
@@ -206,21 +232,29 @@ class Conv2D(Layer):
         self.bias = self._parameter("bias", np.zeros(out_channels, self.dtype))
 
     def _resolve_padding(self, padding: int | tuple[int, int] | str) -> tuple[int, int]:
-        if padding == "valid":
+        if isinstance(padding, str) and padding == "valid":
             return (0, 0)
-        if padding == "same":
+        if isinstance(padding, str) and padding == "same":
             kh, kw = self.kernel_size
             if kh % 2 == 0 or kw % 2 == 0:
                 raise ValueError(f"{self.name}: padding='same' needs an odd kernel, "
                                  f"got {self.kernel_size}")
+            if self.stride != (1, 1):
+                # Keras pads the extra row/column of an uneven total at the bottom/right
+                # only; the kernels pad symmetrically, so the result would differ.
+                raise ValueError(f"{self.name}: padding='same' needs stride 1 (got stride "
+                                 f"{self.stride}): with stride > 1 Keras pads one side more "
+                                 f"than the other, which these kernels cannot; pass an explicit "
+                                 f"padding=(ph, pw) instead")
             return ((kh - 1) // 2, (kw - 1) // 2)
         if isinstance(padding, str):
             raise ValueError(f"{self.name}: padding must be an int, a pair, 'valid' or 'same', "
                              f"got {padding!r}")
-        ph, pw = (padding, padding) if isinstance(padding, (int, np.integer)) else padding
-        if ph < 0 or pw < 0:
-            raise ValueError(f"{self.name}: padding must be >= 0, got {padding}")
-        return int(ph), int(pw)
+        if not (_is_int(padding) or (isinstance(padding, (tuple, list)) and len(padding) == 2
+                                     and all(_is_int(e) for e in padding))):
+            raise ValueError(f"{self.name}: padding must be an int, a pair, 'valid' or 'same', "
+                             f"got {padding!r}")
+        return _pair(padding, f"{self.name}: padding", lo=0)
 
     def params(self) -> list[Parameter]:
         return [self.weight, self.bias]
@@ -390,10 +424,9 @@ class Dense(Layer):
                  rng: np.random.Generator | None = None, **kw) -> None:
         super().__init__(**kw)
         self.activation = _activation(activation, self.name)
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"{self.name}: feature counts must be >= 1, got "
-                             f"in_features={in_features}, out_features={out_features}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = _count(in_features, f"{self.name}: in_features")
+        self.out_features = _count(out_features, f"{self.name}: out_features")
+        in_features, out_features = self.in_features, self.out_features
         rng = rng if rng is not None else np.random.default_rng()
         shape = (in_features, out_features)
         self.weight = self._parameter(

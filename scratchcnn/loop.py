@@ -46,6 +46,27 @@ class NonFiniteLoss(FloatingPointError):
         self.value = value
 
 
+class NonFiniteParameter(FloatingPointError):
+    """A gradient (before the update: none was applied) or a weight (after it) is NaN or
+    infinite. ``str`` names the parameter."""
+
+
+def first_non_finite(model: Sequential, opt: Optimizer, what: str) -> str | None:
+    """Name of the first parameter whose ``what`` ("grad" or "value") has a NaN or inf.
+
+    ``opt.all_finite`` answers the usual case in one pass over its flat array (about
+    35 us for the reference network); the names are looked up only when it says no.
+    Host arrays only (a CUDA device array would need a copy per step; the loss check
+    catches the NaN there one step later)."""
+    if opt.all_finite(what):
+        return None
+    for name, p in model.named_parameters():
+        a = getattr(p, what)
+        if isinstance(a, np.ndarray) and not np.isfinite(a).all():
+            return name
+    return "a parameter not in the model"  # the optimizer updates more than the model
+
+
 @dataclass
 class StepStats:
     """What one training step reports: mean loss, correct predictions, images."""
@@ -57,10 +78,14 @@ class StepStats:
 
 def train_step(model: Sequential, loss_fn: SoftmaxCrossEntropy, opt: Optimizer,
                x: np.ndarray, y: np.ndarray, *,
-               gradient_hook: GradientHook | None = None) -> StepStats:
+               gradient_hook: GradientHook | None = None,
+               check_finite: bool = True) -> StepStats:
     """Forward, loss, backward, (hook,) update, on one batch ``x`` (N, C, H, W), ``y`` (N,).
 
-    Raises ``NonFiniteLoss`` before touching the weights when the loss is not finite.
+    Raises ``NonFiniteLoss`` before touching the weights when the loss is not finite;
+    with ``check_finite`` (default) also ``NonFiniteParameter`` when a gradient is not
+    finite (before the update) or a weight became non-finite (after it). Both are
+    ``FloatingPointError``s.
     """
     logits = model.forward(x)
     batch_loss = loss_fn.forward(logits, y)
@@ -69,7 +94,11 @@ def train_step(model: Sequential, loss_fn: SoftmaxCrossEntropy, opt: Optimizer,
     model.backward(loss_fn.backward())
     if gradient_hook is not None:
         gradient_hook(model)
+    if check_finite and (bad := first_non_finite(model, opt, "grad")) is not None:
+        raise NonFiniteParameter(f"the gradient of {bad} became non-finite (NaN or inf)")
     opt.step()
+    if check_finite and (bad := first_non_finite(model, opt, "value")) is not None:
+        raise NonFiniteParameter(f"weight {bad} became non-finite (NaN or inf)")
     return StepStats(batch_loss, accuracy_count(logits, y), len(y))
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 
+# Atomic writes and .npz reading live in scratchcnn.files; the names stay importable here.
+from scratchcnn.files import load_npz, save_npz_atomic  # noqa: F401
 from scratchcnn.fusion import fuse_conv_relu_pool
 from scratchcnn.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, Parameter
 
@@ -31,6 +31,10 @@ class Sequential:
         self._built: tuple[tuple, list[Layer]] | None = None
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise ValueError(f"Sequential: item {i} is a {type(layer).__name__}, not a layer "
+                                 f"(Conv2D, MaxPool2D, Dense, ReLU, Flatten)")
         seen: Counter[str] = Counter()
         for layer in self.layers:
             if layer.auto_named:  # unnamed: number it like Keras does
@@ -165,52 +169,6 @@ class Sequential:
         self.load_state_dict(load_npz(path), source=str(path))
 
 
-def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A reader (or a crash at any moment) sees either the old complete file or the
-    new complete file, never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; use the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an .npz into memory; ValueError (one line) if unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError, ...
-        raise ValueError(f"{path}: not a readable .npz checkpoint ({type(e).__name__}: {e}); "
-                         f"use another checkpoint or start without it") from None
 
 
 def reference_cnn(seed: int = 0, backend: str = "parallel", dtype: object = np.float32,

@@ -20,6 +20,18 @@ def _split(flat: np.ndarray, params: list[Parameter]) -> list[np.ndarray]:
     return views
 
 
+def _number(owner: str, name: str, value: object, lo: float, hi: float | None = None,
+            lo_open: bool = False) -> float:
+    """A finite real ``lo <= value (< hi)`` (``lo < value`` if ``lo_open``); else ValueError."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+    v = float(value) if ok else math.nan  # type: ignore[arg-type]
+    if ok and math.isfinite(v) and (v > lo if lo_open else v >= lo) and (hi is None or v < hi):
+        return v
+    want = f"{'>' if lo_open else '>='} {lo:g}" + ("" if hi is None else f" and < {hi:g}")
+    raise ValueError(f"{owner}: {name} must be a finite number {want}, got {value!r}")
+
+
 class Optimizer(UsesBackend):
     """Holds the parameters it updates and one state array per parameter and slot.
 
@@ -40,10 +52,23 @@ class Optimizer(UsesBackend):
     slots: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable[Parameter], *, backend: str = "parallel") -> None:
+        owner = type(self).__name__
         self.params = list(params)
         if not self.params:
-            raise ValueError(f"{type(self).__name__}: got no parameters to optimize")
-        self.backend = backend
+            raise ValueError(f"{owner}: got no parameters to optimize")
+        for p in self.params:
+            if not isinstance(p, Parameter):
+                raise ValueError(f"{owner}: expected Parameters (model.parameters()), got "
+                                 f"{type(p).__name__}")
+            dt = getattr(p.value, "dtype", None)
+            if dt not in (np.float32, np.float64) or getattr(p.grad, "dtype", None) != dt:
+                raise ValueError(f"{owner}: parameter {p.name!r} has dtype {dt}; optimizers "
+                                 f"update float32 or float64 parameters (and gradients of the "
+                                 f"same dtype) only")
+        try:
+            self.backend = backend
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{owner}: {e}") from None
         self.t = 0  # number of steps taken
         self._flat = self._flatten() if self._k.device == "cpu" else None
         if self._flat is not None:
@@ -80,6 +105,18 @@ class Optimizer(UsesBackend):
         for i, p in enumerate(self.params):
             slots = [self.state[s][i].reshape(-1) for s in self.slots]
             self._update(p.value.reshape(-1), p.grad.reshape(-1), slots, p.value.dtype.type)
+
+    def all_finite(self, what: str = "grad") -> bool:
+        """Whether every parameter's gradient (``"grad"``) or value (``"value"``) is finite.
+
+        One pass over the flat array on the CPU backends (about 35 us for the reference
+        network); device arrays are not checked (that would be a copy per step)."""
+        flat = self._flat
+        if flat is not None and all(p.value is v and p.grad is g
+                                    for p, (v, g) in zip(self.params, flat[2])):
+            return bool(np.isfinite(flat[0] if what == "value" else flat[1]).all())
+        return all(np.isfinite(a).all() for a in (getattr(p, what) for p in self.params)
+                   if isinstance(a, np.ndarray))
 
     def _update(self, p, g, slots, dt) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -123,10 +160,10 @@ class Adam(Optimizer):
 
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, beta1: float = 0.9,
                  beta2: float = 0.999, eps: float = 1e-7, *, backend: str = "parallel") -> None:
-        if lr <= 0 or not (0 <= beta1 < 1) or not (0 <= beta2 < 1) or eps <= 0:
-            raise ValueError(f"Adam: need lr > 0, 0 <= beta1, beta2 < 1, eps > 0; got lr={lr}, "
-                             f"beta1={beta1}, beta2={beta2}, eps={eps}")
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.lr = _number("Adam", "lr", lr, 0, lo_open=True)
+        self.beta1 = _number("Adam", "beta1", beta1, 0, 1)
+        self.beta2 = _number("Adam", "beta2", beta2, 0, 1)
+        self.eps = _number("Adam", "eps", eps, 0, lo_open=True)
         super().__init__(params, backend=backend)
 
     def _update(self, p, g, slots, dt) -> None:
@@ -142,10 +179,9 @@ class SGD(Optimizer):
 
     def __init__(self, params: Iterable[Parameter], lr: float = 0.01, momentum: float = 0.0,
                  weight_decay: float = 0.0, *, backend: str = "parallel") -> None:
-        if lr <= 0 or not (0 <= momentum < 1) or weight_decay < 0:
-            raise ValueError(f"SGD: need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got "
-                             f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.lr = _number("SGD", "lr", lr, 0, lo_open=True)
+        self.momentum = _number("SGD", "momentum", momentum, 0, 1)
+        self.weight_decay = _number("SGD", "weight_decay", weight_decay, 0)
         super().__init__(params, backend=backend)
 
     def _update(self, p, g, slots, dt) -> None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
-from pathlib import Path
 
 import matplotlib
 
@@ -13,17 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike) -> None:
-    """Save ``fig`` as PNG via a temporary file renamed into place, then close it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Save ``fig`` as PNG atomically (``scratchcnn.files``), then close it."""
+    from scratchcnn.files import write_bytes_atomic
+
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -> None:

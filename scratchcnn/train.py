@@ -32,6 +32,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "augment": False, "limit_train": None, "limit_test": None,
 }
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+#: The files a run writes into its folder (``--overwrite`` removes these, nothing else).
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.npz", "best.npz", "curves.png")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,7 +67,19 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _momentum(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 <= v < 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number in [0, 1), got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from scratchcnn.data.layout import default_data_dir
+
     cores = os.cpu_count() or 1
     p = OneLineParser(
         prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -86,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adam (Keras defaults) or sgd with momentum (default adam)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default 0.001 for adam, 0.01 for sgd)")
-    p.add_argument("--momentum", type=float, default=None,
-                   help="momentum for sgd (default 0.9)")
+    p.add_argument("--momentum", type=_momentum, default=None,
+                   help="momentum for sgd (default 0.9; refused with adam)")
     p.add_argument("--seed", type=int_at_least(0), default=None,
                    help="seed of the weights, data order and augmentation (default 0)")
-    p.add_argument("--data-dir", default=os.environ.get("SCRATCHCNN_DATA", "./data"),
+    p.add_argument("--data-dir", default=str(default_data_dir()),
                    help="folder containing cifar-10-batches-py/ (downloaded there if "
                         "missing); default $SCRATCHCNN_DATA if set")
     p.add_argument("--loader-threads", type=int_at_least(0), default=2,
@@ -107,14 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per forward pass when evaluating")
     p.add_argument("--out", default=None,
                    help="run folder (default: a new runs/<time>-<backend>-t<threads>/, or the "
-                        "resumed checkpoint's folder)")
+                        "resumed checkpoint's folder); an existing non-empty folder is "
+                        "refused unless it is the one resumed, or --overwrite is given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run files (config.json, metrics.jsonl, checkpoint.npz, "
+                        "best.npz, curves.png) of an existing --out folder; other files stay")
     p.add_argument("--resume", metavar="PATH", default=None,
                    help="continue from a checkpoint.npz (or its run folder)")
     p.add_argument("--eval-only", metavar="PATH", default=None,
                    help="only evaluate the weights in PATH (checkpoint or best.npz) on the "
                         "test set")
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (it is also off when stderr is not a terminal)")
+                   help="no progress bars, the download's included (they are also off when "
+                        "stderr is not a terminal)")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI ranks, bit for bit equal to one process: "
                         "mpiexec -n P python -m mpi4py -m scratchcnn.train --distributed ... "
@@ -130,43 +149,76 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.command = " ".join([PROG, *map(shlex.quote, argv)])
-    from scratchcnn.threads import configure_threads
+    # SIGTERM is Ctrl-C: during start-up it stops at once (nothing half-written stays),
+    # during training StopRequested finishes the batch and checkpoints.
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    trainer = None
+    try:
+        args = build_parser().parse_args(argv)
+        args.command = shlex.join([*PROG.split(), *argv])
+        if args.eval_only and args.resume:
+            fail("--eval-only: cannot be combined with --resume; pass one of them")
+        from scratchcnn.threads import configure_threads
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        configure_threads(args.threads)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    if args.distributed and args.backend == "cuda":
-        fail("--distributed runs on the CPU backends only (the CUDA backend keeps no "
-             "per-group gradient pieces); use --backend parallel or serial")
-    if args.backend == "cuda":  # fail before loading data when no GPU (or simulator) is usable
-        from scratchcnn.kernels import get_backend
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            configure_threads(args.threads)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        if args.distributed and args.backend == "cuda":
+            fail("--distributed runs on the CPU backends only (the CUDA backend keeps no "
+                 "per-group gradient pieces); use --backend parallel or serial")
+        if args.backend == "cuda":  # fail before loading data when no GPU (or simulator)
+            from scratchcnn.kernels import get_backend
 
-        try:
-            get_backend("cuda")
-        except ValueError as e:
-            fail(str(e))
-    if not args.distributed:
-        try:
-            return Trainer(args).run()
-        except ValueError as e:  # bad checkpoint, bad flag combination, ...
-            fail(str(e))
-    from scratchcnn.train_distributed import run_distributed
+            try:
+                get_backend("cuda")
+            except ValueError as e:
+                fail(str(e))
+        if args.distributed:
+            from scratchcnn.train_distributed import distributed_trainer
 
-    return run_distributed(args)
+            trainer = distributed_trainer(args)
+        else:
+            trainer = Trainer(args)
+        return trainer.run()
+    except ValueError as e:  # bad checkpoint, bad flag combination, ...
+        fail(_one_line(e))
+    except OSError as e:  # a file we could not read or write, not caught closer to it
+        fail(_os_error(e))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before training, or a second Ctrl-C
+        fail(trainer.interrupt_message() if trainer is not None else
+             "interrupted during start-up; nothing was written", code=130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        if trainer is not None:
+            trainer.release()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _one_line(e: object) -> str:
+    return " ".join(str(e).split())
+
+
+def _os_error(e: OSError, hint: str = "check the path and its permissions, or free some "
+              "space") -> str:
+    where = f"{e.filename}: " if e.filename else ""
+    return _one_line(f"{where}{e.strerror or e}; {hint}")
 
 
 class StopRequested:
-    """First Ctrl-C: finish the batch, checkpoint, exit. Second Ctrl-C: stop at once.
+    """First Ctrl-C (or SIGTERM): finish the batch, checkpoint, exit. Second: stop at once.
 
     ``signals``: the signals treated like Ctrl-C (a data-parallel run adds SIGUSR1,
     which Open MPI's mpirun forwards to the ranks). ``quiet``: print nothing (ranks
     other than 0)."""
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT,), quiet: bool = False) -> None:
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, signals: tuple[int, ...] = SIGNALS, quiet: bool = False) -> None:
         self.requested = False
         self.quiet = quiet
         self._previous = {s: signal.signal(s, self._handle) for s in signals}
@@ -192,6 +244,10 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.lock = None  # the run folder's RunLock, while this run writes it
+        self.out: Path | None = None
+        self.last_checkpoint: Path | None = None  # the newest complete checkpoint of this run
+        self.show_progress = not args.no_progress and sys.stderr.isatty() and self.writer
 
     # -- what a data-parallel run changes (scratchcnn/train_distributed.py) ----------------
     def _say(self, *args, **kwargs) -> None:
@@ -214,8 +270,14 @@ class Trainer:
 
         return evaluate(model, loss, batches)
 
+    def _stop_requested(self) -> StopRequested:
+        return StopRequested()
+
     def _data_ready(self) -> None:
         """Called once the dataset is loaded (a data-parallel rank 0 lets the others read)."""
+
+    def _model_ready(self) -> None:
+        """Model and optimizer built (and resumed): data-parallel ranks compare them here."""
 
     def _config_extra(self) -> dict:
         return {}
@@ -223,11 +285,38 @@ class Trainer:
     def _row_extra(self) -> dict:
         return {}
 
-    def _model_ready(self) -> None:
-        """Model and optimizer built (and resumed): data-parallel ranks compare them here."""
-
     def _epoch_done(self, epoch: int) -> None:
         """After an epoch's checkpoint (data-parallel ranks check they still agree)."""
+
+    def release(self) -> None:
+        """Drop the run folder's lock (the process ending drops it too)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def interrupt_message(self) -> str:
+        """What a hard stop (start-up, or a second Ctrl-C) leaves, in one line."""
+        if self.out is None:
+            return "interrupted during start-up; nothing was written"
+        if self.last_checkpoint is not None:
+            return (f"interrupted; the last checkpoint is {self.last_checkpoint}; resume with: "
+                    f"{self.resume_command(self.last_checkpoint)}")
+        return "interrupted before the first checkpoint; nothing to resume"
+
+    def resume_command(self, ckpt: Path) -> str:
+        """The command that continues this run, every needed flag included, quoted."""
+        a = self.args
+        cmd = [*PROG.split(), "--resume", str(ckpt), "--epochs", str(a.epochs),
+               "--data-dir", str(a.data_dir), "--backend", a.backend]
+        if a.backend == "parallel":
+            cmd += ["--threads", str(a.threads)]
+        if self.out is not None and Path(ckpt).parent.resolve() != self.out.resolve():
+            # No checkpoint in this run's folder yet: its files are rebuilt from the
+            # resumed folder's, so they may be replaced.
+            cmd += ["--out", str(self.out), "--overwrite"]
+        if a.no_progress:
+            cmd.append("--no-progress")
+        return shlex.join(cmd)
 
     # -- set-up ---------------------------------------------------------------
     def _settings(self) -> tuple[dict, Any]:
@@ -243,21 +332,25 @@ class Trainer:
         else:
             self.resume_path = resolve_checkpoint(a.resume)
             self.resume_arrays, progress = read_progress(self.resume_path)
-            settings = dict(progress.config["settings"])
+            settings = _checked_settings(progress.config.get("settings"), self.resume_path)
             for k, v in given.items():
                 if v is not None and v != settings[k]:
                     raise ValueError(f"--{k.replace('_', '-')} {v} differs from the resumed "
                                      f"run's {settings[k]}; a resumed run keeps its settings")
+        if settings["optimizer"] == "adam" and a.momentum is not None:
+            raise ValueError("--momentum: applies to --optimizer sgd only (Adam has beta1 "
+                             "instead); drop --momentum or pass --optimizer sgd")
         if settings["lr"] is None:
             settings["lr"] = DEFAULT_LR[settings["optimizer"]]
         return settings, progress
 
     def _run_dir(self) -> Path:
+        """The run folder: made if needed, locked, refused if it holds another run."""
         a = self.args
         if a.out:
-            out = Path(a.out)
+            out, flag = Path(a.out), f"--out {a.out}"
         elif self.resume_path is not None:
-            out = self.resume_path.parent
+            out, flag = self.resume_path.parent, f"--resume {a.resume}"
         else:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"{stamp}-{a.backend}-t{a.threads}"
@@ -265,12 +358,52 @@ class Trainer:
             while out.exists():
                 n += 1
                 out = Path("runs") / f"{stamp}-{a.backend}-t{a.threads}-{n}"
-        if not self.writer:
+            flag = f"run folder {out}"
+        if not self.writer:  # only rank 0 of a data-parallel run touches the folder
             return out
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # left by a run killed while writing a file
-            stale.unlink()
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{flag}: exists and is not a folder; pass a folder path")
+        from scratchcnn.files import RunLock, RunLocked
+
+        had_lock_file = (out / RunLock.NAME).exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(out)  # also proves the folder is writable
+        except RunLocked:
+            raise ValueError(f"{flag}: another run is writing this folder right now; wait "
+                             f"for it to finish or choose another --out") from None
+        except OSError as e:
+            raise ValueError(f"{flag}: cannot create or write the run folder "
+                             f"({e.strerror or e}); choose a writable --out") from None
+        resuming_here = (self.resume_path is not None
+                         and self.resume_path.parent.resolve() == out.resolve())
+        taken = sorted(p.name for p in out.iterdir() if p.name != RunLock.NAME)
+        if taken and not resuming_here:
+            if not a.overwrite:
+                if not had_lock_file:  # leave the user's folder as it was (lock held: no race)
+                    (out / RunLock.NAME).unlink(missing_ok=True)
+                self.release()
+                shown = ", ".join(taken[:4]) + (", ..." if len(taken) > 4 else "")
+                raise ValueError(f"{flag}: the folder is not empty (holds {shown}); continue "
+                                 f"that run with --resume {out}, pass --overwrite to replace "
+                                 f"its run files, or choose another --out")
+            for name in RUN_FILES:  # the run's own files only; anything else stays
+                (out / name).unlink(missing_ok=True)
+        for name in RUN_FILES:  # temporary files left by a run killed while writing
+            for stale in out.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         return out
+
+    def _write(self, what: str, write) -> None:
+        """Run ``write()``; a failed write (disk full, ...) stops the run in one line."""
+        try:
+            write()
+        except OSError as e:
+            kept = (f"the last complete checkpoint {self.last_checkpoint} is intact; after "
+                    f"freeing space resume with: {self.resume_command(self.last_checkpoint)}"
+                    if self.last_checkpoint is not None else "no checkpoint was written")
+            fail(_one_line(f"{e.filename or what}: cannot write {what} "
+                           f"({e.strerror or e}); training stopped; {kept}"))
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> int:
@@ -278,7 +411,8 @@ class Trainer:
 
         a = self.args
         try:
-            data = load_cifar10(a.data_dir, download=True)
+            # progress: a "Downloading" line, and a bar only if stderr is a terminal
+            data = load_cifar10(a.data_dir, download=True, progress=not a.no_progress)
         except DataError as e:
             fail(str(e))
         self._data_ready()
@@ -302,7 +436,7 @@ class Trainer:
         t0 = time.perf_counter()
         test_loss, test_acc = self.evaluate(model, loss, data.test_images[:n],
                                             data.test_labels[:n])
-        print(f"{self.args.eval_only}: test loss {test_loss:.4f}  test accuracy "
+        self._say(f"{self.args.eval_only}: test loss {test_loss:.4f}  test accuracy "
               f"{100 * test_acc:.2f}% on {n} images ({time.perf_counter() - t0:.1f} s)")
         return 0
 
@@ -328,6 +462,10 @@ class Trainer:
                              augment=self.settings["augment"], threads=a.loader_threads,
                              prefetch=a.prefetch)
         try:
+            if self.progress.batch >= len(loader):
+                raise ValueError(f"{self.resume_path}: corrupt checkpoint: its position, batch "
+                                 f"{self.progress.batch}, is past the end of an epoch of "
+                                 f"{len(loader)} batches; use another checkpoint")
             for epoch in range(self.progress.epoch + 1, a.epochs + 1):
                 if not self._train_epoch(loader, epoch, stop):
                     return self._interrupted(f"at epoch {epoch}, batch "
@@ -353,7 +491,6 @@ class Trainer:
 
         a = self.args
         self.settings, self.progress = settings, progress = self._settings()
-        self.out = self._run_dir()
         self.model, self.loss = self._model(settings["seed"])
         self.opt = self._optimizer()
         if self.resume_arrays is not None:
@@ -362,7 +499,13 @@ class Trainer:
                 self._say(f"{self.resume_path}: already trained for {progress.epoch} epochs "
                       f"(--epochs {a.epochs}); nothing to do")
                 return False
+            # Rows of the epochs the checkpoint covers (later ones: written before a kill
+            # that came ahead of their checkpoint), from the resumed run's folder.
+            resumed_metrics = _read_metrics(self.resume_path.parent / "metrics.jsonl",
+                                            up_to=progress.epoch)
         self._model_ready()
+        self.out = self._run_dir()
+        self.last_checkpoint = self.resume_path  # None for a new run
         n_train = min(settings["limit_train"] or len(data.train_labels), len(data.train_labels))
         n_test = min(settings["limit_test"] or len(data.test_labels), len(data.test_labels))
         self.train_x, self.train_y = data.train_images[:n_train], data.train_labels[:n_train]
@@ -381,19 +524,27 @@ class Trainer:
             **self._config_extra(),
         }
         progress.config = {"settings": settings}
+        self.metrics = resumed_metrics if self.resume_path is not None else []
         if self.writer:
-            _write_json(self.out / "config.json", config)
-            self.metrics = _read_metrics(self.out / "metrics.jsonl", up_to=progress.epoch)
-            _write_metrics(self.out / "metrics.jsonl", self.metrics)
-        else:
-            self.metrics = []
-        self._say(f"run folder: {self.out}  |  {n_train} train / {n_test} test images  |  backend "
-              f"{a.backend}, {_compute_units(a)}, "
-              f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
+            self._write_start(config)
+        self._say(f"run folder: {self.out}  |  {n_train} train / {n_test} test images  |  "
+                  f"backend {a.backend}, {_compute_units(a)}, "
+                  f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
         return True
 
-    def _stop_requested(self) -> StopRequested:
-        return StopRequested()
+    def _write_start(self, config: dict) -> None:
+        """config.json, the metrics rows kept so far, best.npz carried over from a resume."""
+        from scratchcnn.files import write_bytes_atomic, write_text_atomic
+
+        self._write("config.json", lambda: write_text_atomic(
+            self.out / "config.json", json.dumps(config, indent=2, default=str) + "\n"))
+        self._write("metrics.jsonl", lambda: _write_metrics(self.out / "metrics.jsonl",
+                                                            self.metrics))
+        if self.resume_path is not None:
+            best = self.resume_path.parent / "best.npz"
+            if self.resume_path.parent.resolve() != self.out.resolve() and best.is_file():
+                data = best.read_bytes()  # carried over with the metrics rows
+                self._write("best.npz", lambda: write_bytes_atomic(self.out / "best.npz", data))
 
     def _optimizer(self):
         from scratchcnn.optim import SGD, Adam
@@ -408,8 +559,6 @@ class Trainer:
         (``progress`` then holds the position and the running sums)."""
         from tqdm import tqdm
 
-        from scratchcnn.loop import NonFiniteLoss
-
         a, progress = self.args, self.progress
         skip = progress.batch
         sums = progress.partial if skip else {
@@ -418,21 +567,25 @@ class Trainer:
         wait_before = sums["wait"]
         bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch}/{a.epochs}",
                    unit="batch", leave=False, dynamic_ncols=True,
-                   disable=True if a.no_progress or not self.writer else None)
+                   disable=not self.show_progress)
         t_start = time.perf_counter()
         try:
             for b, (x, y) in enumerate(loader.epoch(epoch, start=skip), start=skip):
                 if self.first_batch_seconds is None:
                     self.first_batch_seconds = time.perf_counter() - _LAUNCH
-                    self._say(f"first batch {self.first_batch_seconds:.1f} s after launch (data "
-                          f"loading, Numba import and JIT warm-up included)", flush=True)
+                    # tqdm.write: clears the bar first, so the line never lands on it
+                    if self.writer:
+                        tqdm.write(f"first batch {self.first_batch_seconds:.1f} s after "
+                                   f"launch (data loading, Numba import and JIT warm-up "
+                                   f"included)", file=sys.stdout)
+                        sys.stdout.flush()
                 try:
                     step, stopping = self._step(x, y, stop.requested)
-                except NonFiniteLoss as e:
+                except FloatingPointError as e:  # loss, gradient or weight not finite
                     bar.close()
                     kept = (f"the last good checkpoint ({progress.epoch} epochs) is "
-                            f"{self.out / 'checkpoint.npz'}" if progress.epoch else
-                            "no checkpoint was written")
+                            f"{self.last_checkpoint}" if self.last_checkpoint is not None
+                            else "no checkpoint was written")
                     fail(f"{e} at epoch {epoch}, batch {b + 1}; training stopped, {kept}; "
                          f"try a lower --lr")
                 sums["loss"] += step.loss * step.count
@@ -460,6 +613,9 @@ class Trainer:
         from scratchcnn.checkpoint import save_checkpoint
         from scratchcnn.plots import plot_curves
 
+        def checkpoint(path: Path) -> None:
+            self._write(path.name, lambda: save_checkpoint(path, self.model, self.opt, progress))
+
         a, sums, progress, out = self.args, self.epoch_sums, self.progress, self.out
         t_eval = time.perf_counter()
         test_loss, test_acc = self.evaluate(self.model, self.loss, self.test_x, self.test_y)
@@ -485,14 +641,20 @@ class Trainer:
         if best:
             progress.best_test_acc = test_acc
         if self.writer:
+            # Metrics first, checkpoint last: a kill in between leaves a row ahead of the
+            # checkpoint, which a resume drops (rows are kept up to the checkpoint's epoch);
+            # the other order would lose the row for good.
+            self._write("metrics.jsonl",
+                        lambda: _write_metrics(out / "metrics.jsonl", self.metrics))
             if best:
-                save_checkpoint(out / "best.npz", self.model, self.opt, progress)
-            save_checkpoint(out / "checkpoint.npz", self.model, self.opt, progress)
-            _write_metrics(out / "metrics.jsonl", self.metrics)
+                checkpoint(out / "best.npz")
+            checkpoint(out / "checkpoint.npz")
             s = self.settings
-            plot_curves(self.metrics, out / "curves.png",
-                        title=f"scratchcnn, {a.backend} backend, batch {s['batch_size']}, "
-                              f"{s['optimizer']}")
+            self._write("curves.png", lambda: plot_curves(
+                self.metrics, out / "curves.png",
+                title=f"scratchcnn, {a.backend} backend, batch {s['batch_size']}, "
+                      f"{s['optimizer']}"))
+        self.last_checkpoint = out / "checkpoint.npz"
         self._say(f"epoch {epoch:>3}/{a.epochs}  train loss {row['train_loss']:.4f} "
               f"acc {100 * row['train_acc']:.2f}%  |  test loss {test_loss:.4f} "
               f"acc {100 * test_acc:.2f}%  |  {row['epoch_seconds']:.1f} s  "
@@ -504,10 +666,17 @@ class Trainer:
         from scratchcnn.checkpoint import save_checkpoint
 
         ckpt = self.out / "checkpoint.npz"
-        if self.progress.batch and self.writer:
-            save_checkpoint(ckpt, self.model, self.opt, self.progress)
-        self._say(f"interrupted {where}; checkpoint written. Resume with: {PROG} --resume "
-              f"{ckpt} --epochs {self.args.epochs}", file=sys.stderr)
+        if self.progress.batch:
+            if self.writer:
+                self._write("checkpoint.npz",
+                            lambda: save_checkpoint(ckpt, self.model, self.opt, self.progress))
+            self.last_checkpoint = ckpt
+        if self.last_checkpoint is None:
+            self._say(f"interrupted {where}; no checkpoint yet, nothing to resume",
+                      file=sys.stderr)
+            return 130
+        self._say(f"interrupted {where}; checkpoint written. Resume with: "
+              f"{self.resume_command(self.last_checkpoint)}", file=sys.stderr)
         return 130
 
 
@@ -520,24 +689,78 @@ def _compute_units(a: argparse.Namespace) -> str:
     return f"{a.threads if a.backend == 'parallel' else 1} thread(s)"
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def _checked_settings(settings: dict | None, source: object) -> dict:
+    """A checkpoint's run settings, each of the right type and range (ValueError if not)."""
+    if settings is None:
+        raise ValueError(f"{source}: the checkpoint holds no run settings (saved by the "
+                         f"library, not by this command); continue it from Python, or use "
+                         f"--eval-only")
+    def bad(key: str, want: str) -> ValueError:
+        return ValueError(f"{source}: corrupt checkpoint settings: {key!r} must be {want}, got "
+                          f"{settings.get(key)!r}; use another checkpoint or start a new run")
+
+    def count(v: object, lo: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    if set(settings) != set(RUN_DEFAULTS):
+        raise ValueError(f"{source}: corrupt checkpoint settings: expected the keys "
+                         f"{sorted(RUN_DEFAULTS)}, got {sorted(settings)}; use another "
+                         f"checkpoint or start a new run")
+    if not count(settings["batch_size"], 1):
+        raise bad("batch_size", "an integer >= 1")
+    if settings["optimizer"] not in DEFAULT_LR:
+        raise bad("optimizer", f"one of {sorted(DEFAULT_LR)}")
+    lr = settings["lr"]
+    if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool)
+                               and math.isfinite(lr) and lr > 0):
+        raise bad("lr", "a finite number > 0")
+    m = settings["momentum"]
+    if not (isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m < 1):
+        raise bad("momentum", "a number in [0, 1)")
+    if not count(settings["seed"], 0):
+        raise bad("seed", "an integer >= 0")
+    if not isinstance(settings["augment"], bool):
+        raise bad("augment", "true or false")
+    for key in ("limit_train", "limit_test"):
+        if settings[key] is not None and not count(settings[key], 1):
+            raise bad(key, "null or an integer >= 1")
+    return dict(settings)
 
 
 def _read_metrics(path: Path, up_to: int) -> list[dict]:
-    """Metrics of the epochs a resumed checkpoint already covers (later lines dropped)."""
+    """Metrics of the epochs a resumed checkpoint already covers (later lines dropped).
+
+    Every line must be a JSON object with an integer ``epoch``; a damaged file is a
+    one-line ValueError naming the file and the line."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= up_to]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read ({_one_line(e)}); delete or repair it to "
+                         f"resume") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+            raise ValueError(f"{path}: line {n} is not a metrics row (a JSON object with an "
+                             f"integer 'epoch' >= 1); repair or delete that line, or delete "
+                             f"the file, to resume")
+        if epoch <= up_to:
+            rows.append(row)
+    return rows
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    from scratchcnn.files import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":

@@ -23,16 +23,25 @@ class DistributedTrainer(Trainer):
     """A ``Trainer`` whose step, evaluation and decisions span every rank of ``comm``."""
 
     def __init__(self, args: argparse.Namespace, comm) -> None:
-        super().__init__(args)
         self.comm = comm
         self.writer = comm.rank == 0
+        super().__init__(args)
         self._stepper = None
         self._comm_before = 0.0
 
     def run(self) -> int:
-        if self.comm.rank != 0:  # rank 0 loads (and downloads, if needed) first
-            self.comm.allgather_obj(None)
-        return super().run()
+        from scratchcnn import train
+        from scratchcnn.distributed import DistributedError
+
+        try:
+            if self.comm.rank != 0:  # rank 0 loads (and downloads, if needed) first
+                self.comm.allgather_obj(None)
+            return super().run()
+        except DistributedError as e:  # every rank raises the same: rank 0 says it
+            if self.comm.rank == 0:
+                train.WHO = ""
+                fail(str(e))
+            raise SystemExit(1) from None
 
     def _data_ready(self) -> None:
         if self.comm.rank == 0:
@@ -81,10 +90,8 @@ class DistributedTrainer(Trainer):
         check_in_step(self.comm, self.model, self.opt, epoch)
 
 
-def run_distributed(args: argparse.Namespace) -> int:
-    """The CLI's ``--distributed`` path: refuse what cannot work, then train on every rank."""
-    if args.eval_only:
-        fail("--eval-only with --distributed: evaluate in one process (drop --distributed)")
+def distributed_trainer(args: argparse.Namespace) -> DistributedTrainer:
+    """The CLI's ``--distributed`` path: the MPI communicator and this rank's trainer."""
     try:
         from scratchcnn.comm import MPIComm
 
@@ -93,17 +100,7 @@ def run_distributed(args: argparse.Namespace) -> int:
         fail("--distributed needs mpi4py and an MPI runtime: pip install '.[mpi]', then "
              "mpiexec -n 2 python -m mpi4py -m scratchcnn.train --distributed ...")
     from scratchcnn import train
-    from scratchcnn.distributed import DistributedError
 
     if comm.size > 1:
         train.WHO = f"rank {comm.rank}: "
-    trainer = DistributedTrainer(args, comm)
-    try:
-        return trainer.run()
-    except DistributedError as e:  # every rank raises the same: rank 0 says it
-        if comm.rank == 0:
-            train.WHO = ""
-            fail(str(e))
-        raise SystemExit(1) from None
-    except ValueError as e:
-        fail(str(e))
+    return DistributedTrainer(args, comm)

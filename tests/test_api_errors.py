@@ -87,10 +87,10 @@ def test_bad_constructor_arguments():
     _raises(lambda: sc.Conv2D(3, 4, 2, padding="same"), "odd kernel")
     _raises(lambda: sc.Conv2D(3, 4, 3, stride=0), "stride")
     _raises(lambda: sc.Conv2D(3, 4, 3, padding=-1), "padding")
-    _raises(lambda: sc.Dense(0, 4), "in_features=0")
-    _raises(lambda: sc.Dense(3, 4, backend="gpu"), "unknown backend", "serial")
-    _raises(lambda: sc.Dense(3, 4, dtype=np.float16), "float16")
-    _raises(lambda: sc.Adam(sc.Dense(3, 4).params(), lr=-1), "lr=-1")
+    _raises(lambda: sc.Dense(0, 4), "dense", "in_features", "got 0")
+    _raises(lambda: sc.Dense(3, 4, backend="gpu"), "dense", "unknown backend", "serial")
+    _raises(lambda: sc.Dense(3, 4, dtype=np.float16), "dense", "float16")
+    _raises(lambda: sc.Adam(sc.Dense(3, 4).params(), lr=-1), "Adam", "lr", "-1")
 
 
 def test_load_state_mismatch(tmp_path):

@@ -92,7 +92,9 @@ def test_compare_json(compare_run):
         assert_spread(c["epoch_seconds"])
         assert c["images_per_second"]["median"] > 0
         assert c["speedup"] > 0 and c["efficiency"] == pytest.approx(c["speedup"] / c["threads"])
-        assert 0 < c["peak_fraction"] < 1.5
+        # consistency, not speed: a loaded machine changes the numbers, never these relations
+        assert c["gflops"] > 0 and c["peak_gflops"] > 0
+        assert c["peak_fraction"] == pytest.approx(c["gflops"] / c["peak_gflops"])
         assert 0 <= c["final_test_acc"] <= 1 and len(c["test_acc_per_epoch"]) == 1
         # the parallel backend is bit-for-bit equal to the serial one at any thread count
         assert c["bit_equal_to_serial"] is True

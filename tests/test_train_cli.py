@@ -131,10 +131,11 @@ def test_sigint_checkpoints_and_resumes_exactly(tmp_path, write_fake_cifar):
     train(big, full, *flags)
     run = tmp_path / "run"
     p = train(big, run, *flags, background=True)
-    # wait until training has started (the run folder's config.json appears)
-    deadline = time.time() + 120
-    while not (run / "config.json").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    # wait until training has started (its first batch is reported; the Ctrl-C handler is
+    # installed by then), then let it run a little
+    for line in p.stdout:
+        if line.startswith("first batch"):
+            break
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=120)

@@ -41,46 +41,22 @@ __all__ = [
     "safe_unpickle",
 ]
 
-#: Name of the folder the official archive extracts to.
-BATCH_FOLDER = "cifar-10-batches-py"
-TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_FILE = "test_batch"
-META_FILE = "batches.meta"
-#: Every file of the official layout; the downloader checks for these too.
-ALL_FILES = (*TRAIN_FILES, TEST_FILE, META_FILE)
-#: The standard class names, for reference (the loader reads them from batches.meta).
-LABEL_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+from .layout import (  # noqa: F401 - re-exported: the names have always lived here
+    ALL_FILES,
+    BATCH_FOLDER,
+    DATA_ENV,
+    HOW_TO_POINT,
+    IMAGE_SHAPE,
+    LABEL_NAMES,
+    META_FILE,
+    NUM_CLASSES,
+    ROW_LENGTH,
+    TEST_FILE,
+    TRAIN_FILES,
+    DataError,
+    default_data_dir,
+    one_line,
 )
-NUM_CLASSES = 10
-IMAGE_SHAPE = (3, 32, 32)
-ROW_LENGTH = 3 * 32 * 32
-
-#: Environment variable naming the folder that CONTAINS cifar-10-batches-py/.
-DATA_ENV = "SCRATCHCNN_DATA"
-
-HOW_TO_POINT = (
-    f"point --data-dir DIR or {DATA_ENV}=DIR at a complete copy "
-    f"(DIR is the folder that contains {BATCH_FOLDER}/)"
-)
-
-
-class DataError(Exception):
-    """A problem with the dataset files; ``str(err)`` is one line fit to show a user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
-
-
-def one_line(text: object) -> str:
-    """Collapse ``text`` to a single line (user-facing messages must be one line)."""
-    return " ".join(str(text).split())
-
-
-def default_data_dir() -> Path:
-    """The data folder to use when none is given: ``$SCRATCHCNN_DATA``, else ``./data``."""
-    return Path(os.environ.get(DATA_ENV) or "data")
 
 
 # --------------------------------------------------------------------------- unpickling
@@ -95,25 +71,85 @@ def _numpy_multiarray() -> Any:
     return multiarray
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    import _codecs
+#: Largest array a dataset pickle may ask to allocate: a CIFAR-10 batch is 30 MB.
+MAX_ARRAY_BYTES = 256 << 20
 
-    multiarray = _numpy_multiarray()
+
+class _TooLarge(pickle.UnpicklingError):
+    pass
+
+
+def _check_alloc(shape: object, dtype: object) -> None:
+    """Refuse an array of more than MAX_ARRAY_BYTES before it is allocated."""
+    dims = shape if isinstance(shape, tuple) else (shape,)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+    try:
+        itemsize = np.dtype(dtype).itemsize if dtype is not None else 8
+    except TypeError:
+        itemsize = 8
+    n = itemsize
+    for d in dims:
+        n *= d
+    if n > MAX_ARRAY_BYTES:
+        raise _TooLarge(f"the file asks for an array of {n:,} bytes (shape {shape!r}); "
+                        f"CIFAR-10 arrays are at most {MAX_ARRAY_BYTES:,} bytes")
+
+
+def _guarded_reconstruct(subtype: object, shape: object, dtype: object) -> Any:
+    if subtype is not _GuardedNdarray and subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"array subtype {subtype!r} is not numpy.ndarray")
+    _check_alloc(shape, dtype)
+    return _numpy_multiarray()._reconstruct(np.ndarray, shape, dtype)
+
+
+class _GuardedNdarray:
+    """Stands for ``numpy.ndarray`` in a pickle: as ``_reconstruct``'s subtype (the
+    normal case) or called directly, with the size check first."""
+
+    def __new__(cls, shape: object, dtype: object = float, *args: Any, **kw: Any) -> Any:
+        _check_alloc(shape, dtype)
+        return np.ndarray(shape, dtype, *args, **kw)
+
+
+def _guarded_scalar(dtype: object, *args: Any) -> Any:
+    if isinstance(dtype, np.dtype) and dtype.itemsize > MAX_ARRAY_BYTES:
+        raise _TooLarge(f"the file asks for a scalar of {dtype.itemsize:,} bytes")
+    return _numpy_multiarray().scalar(dtype, *args)
+
+
+_LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
+
+
+def _latin1_encode(text: object, encoding: object = "utf-8", *rest: Any) -> bytes:
+    """``_codecs.encode`` as protocol < 3 pickles use it (str -> bytes in Latin-1, one byte
+    per character); other codecs (some expand their input many times) are refused."""
+    if not isinstance(text, str) or not isinstance(encoding, str) or (
+            encoding.lower() not in _LATIN1) or rest:
+        raise pickle.UnpicklingError(f"_codecs.encode is only admitted for Latin-1 text, got "
+                                     f"encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """What a dataset pickle may name. None of these can allocate more than the file
+    holds, except arrays, whose size is checked (MAX_ARRAY_BYTES) before allocation:
+    ``builtins.bytearray(n)`` would allocate n bytes from a 30-byte file, so it is out."""
     allowed: dict[tuple[str, str], Any] = {
         # NumPy array reconstruction, under the NumPy 1 name (official Python 2
-        # files, NumPy 1 re-packs) and the NumPy 2 name. Both resolve to the real
-        # function without importing the deprecated ``numpy.core`` shim.
-        ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy.core.multiarray", "scalar"): multiarray.scalar,
-        ("numpy._core.multiarray", "scalar"): multiarray.scalar,
-        ("numpy", "ndarray"): np.ndarray,
+        # files, NumPy 1 re-packs) and the NumPy 2 name, size-checked.
+        ("numpy.core.multiarray", "_reconstruct"): _guarded_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _guarded_reconstruct,
+        ("numpy.core.multiarray", "scalar"): _guarded_scalar,
+        ("numpy._core.multiarray", "scalar"): _guarded_scalar,
+        ("numpy", "ndarray"): _GuardedNdarray,
         ("numpy", "dtype"): np.dtype,
         # Python 3 pickles of protocol < 3 store bytes as _codecs.encode(str, "latin1").
-        ("_codecs", "encode"): _codecs.encode,
+        ("_codecs", "encode"): _latin1_encode,
     }
-    # Plain builtin containers and scalars (only needed by protocol 0/1 pickles).
-    for name in ("set", "frozenset", "bytearray", "complex"):
+    # Plain builtin containers and scalars (only needed by protocol 0/1 pickles); each
+    # holds no more than the pickle itself does.
+    for name in ("set", "frozenset", "complex"):
         allowed[("builtins", name)] = getattr(__import__("builtins"), name)
     return allowed
 
@@ -131,7 +167,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that admits only what CIFAR-10 files contain.
 
     Allowed globals: NumPy array reconstruction (``_reconstruct``, ``ndarray``,
-    ``dtype``, ``scalar``), ``_codecs.encode`` and a few builtin containers.
+    ``dtype``, ``scalar``; array sizes capped before allocation),
+    ``_codecs.encode`` and a few builtin containers.
     Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, …)
     raises before it is even imported.
     """
@@ -171,6 +208,9 @@ def safe_unpickle(path: str | os.PathLike[str]) -> Any:
             f"arrays, so it may be corrupt or malicious); delete it and re-download, "
             f"or {HOW_TO_POINT}"
         ) from None
+    except _TooLarge as err:
+        raise DataError(f"{path}: refused to load: {err}; the file is corrupt or malicious: "
+                        f"delete it and re-download, or {HOW_TO_POINT}") from None
     except (EOFError, pickle.UnpicklingError) as err:
         if isinstance(err, EOFError) or "truncated" in str(err):
             what = f"truncated pickle (file is {size:,} bytes; {_expected_size(path)})"

@@ -12,6 +12,12 @@ Environment overrides (for mirrors, and for tests):
 
 * ``SCRATCHCNN_CIFAR10_URL``: the archive's URL (any scheme urllib opens);
 * ``SCRATCHCNN_CIFAR10_MD5``: its MD5, when the mirror serves a different archive.
+
+Hostile or broken archives: extraction stops once the members would exceed
+``MAX_EXTRACT_BYTES`` (the official archive extracts to ~178 MB) or
+``MAX_MEMBERS``, whatever checksum the user supplied. Downloads into one folder
+are serialized by a lock (``flock`` on the folder); whoever holds it removes
+the ``.part`` files and extraction folders a killed download left behind.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cifar10 import ALL_FILES, BATCH_FOLDER, DATA_ENV, DataError, one_line
+from .layout import ALL_FILES, BATCH_FOLDER, DATA_ENV, DataError, one_line
 
 __all__ = ["CIFAR10_MD5", "CIFAR10_URL", "download_cifar10"]
 
@@ -38,6 +44,11 @@ URL_ENV = "SCRATCHCNN_CIFAR10_URL"
 MD5_ENV = "SCRATCHCNN_CIFAR10_MD5"
 
 _CHUNK = 1 << 20
+#: Extraction stops past this many bytes or members, whatever the checksum.
+MAX_EXTRACT_BYTES = 512 << 20
+#: A download stops past this many bytes (the official archive: 163 MB).
+MAX_DOWNLOAD_BYTES = 1 << 30
+MAX_MEMBERS = 1000
 
 
 class _Failure(Exception):
@@ -75,9 +86,14 @@ def download_cifar10(
 
     part: Path | None = None
     tmp_dir: Path | None = None
+    lock_fd: int | None = None
     try:
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
+            lock_fd = _lock(data_dir)
+            if target.is_dir():  # another process finished the download while we waited
+                return target
+            _remove_leftovers(data_dir)
             fd, name = tempfile.mkstemp(
                 dir=data_dir, prefix="cifar-10-python.tar.gz.", suffix=".part"
             )
@@ -110,12 +126,35 @@ def download_cifar10(
         raise
     except OSError as err:
         raise DataError(_message(url, f"{type(err).__name__}: {err}")) from None
-    finally:
+    finally:  # also on KeyboardInterrupt: no partial file survives
         if part is not None:
             part.unlink(missing_ok=True)
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        if lock_fd is not None:
+            os.close(lock_fd)
     return target
+
+
+def _lock(data_dir: Path) -> int:
+    """Hold the folder's download lock (waits for another downloader to finish)."""
+    import fcntl
+
+    fd = os.open(data_dir, os.O_RDONLY)  # the folder itself: no lock file left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_leftovers(data_dir: Path) -> None:
+    """Partial archives and extraction folders of a killed download (lock held)."""
+    for stale in data_dir.glob("cifar-10-python.tar.gz.*.part"):
+        stale.unlink(missing_ok=True)
+    for stale in data_dir.glob(".cifar-10-extract-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _message(url: str, what: str) -> str:
@@ -143,10 +182,17 @@ def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> str:
                 unit_scale=True,
                 unit_divisor=1024,
                 desc="cifar-10-python.tar.gz",
-                disable=not progress,
+                disable=None if progress else True,  # None: off when stderr is no terminal
                 leave=False,
             ) as bar:
+                if total is not None and total > MAX_DOWNLOAD_BYTES:
+                    raise _Failure(f"the server announces {total:,} bytes, more than the "
+                                   f"{MAX_DOWNLOAD_BYTES >> 20} MiB a CIFAR-10 archive can be")
                 while chunk := response.read(_CHUNK):
+                    if received + len(chunk) > MAX_DOWNLOAD_BYTES:
+                        raise _Failure(f"stopped after {received:,} bytes: more than the "
+                                       f"{MAX_DOWNLOAD_BYTES >> 20} MiB a CIFAR-10 archive "
+                                       f"can be")
                     try:
                         out.write(chunk)
                     except OSError as err:
@@ -180,6 +226,14 @@ def _extract(archive: Path, dest: Path) -> None:
     """Extract a .tar.gz into ``dest``, refusing anything that would land outside it."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
+            total, count = 0, 0
+            for m in tar:  # headers only: sizes are checked before anything is written
+                count += 1
+                total += max(m.size, 0)
+                if count > MAX_MEMBERS or total > MAX_EXTRACT_BYTES:
+                    raise _Failure(f"refused archive: more than {MAX_MEMBERS} members or "
+                                   f"{MAX_EXTRACT_BYTES >> 20} MiB once extracted (CIFAR-10 "
+                                   f"has 8 files, ~178 MB)")
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, filter="data")
             else:  # pragma: no cover - Python without PEP 706 filters
