@@ -197,8 +197,11 @@ def test_close_mid_epoch_is_prompt(data, monkeypatch):
     images, labels = data
     real = loader_mod.make_batch
 
+    made = []
+
     def slow(*args):
         time.sleep(0.05)
+        made.append(1)
         return real(*args)
 
     monkeypatch.setattr(loader_mod, "make_batch", slow)
@@ -207,9 +210,10 @@ def test_close_mid_epoch_is_prompt(data, monkeypatch):
     next(it)
     next(it)
     assert _loader_threads()
-    t0 = time.perf_counter()
     loader.close()
-    assert time.perf_counter() - t0 < 1.0  # waits for at most the running batches
+    # close() waits for at most the batches already running (no timing: a count), not
+    # for the rest of the epoch: 2 consumed + 4 prefetched + 2 running at most
+    assert len(made) <= 2 + 4 + 2 < 19
     assert not _loader_threads()
     with pytest.raises(RuntimeError, match="closed"):
         next(it)

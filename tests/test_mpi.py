@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +113,12 @@ def test_mismatched_ranks_refuse_to_start(data_dir, tmp_path):
 
 
 def test_an_error_on_one_rank_ends_the_job(data_dir, tmp_path):
-    t0 = time.monotonic()
-    r = mpi(1, data_dir, tmp_path / "x", "--epochs", "50", check=False, timeout=60,
+    # rank 0 would train 50 epochs; rank 1 fails at start. Without the abort, rank 0
+    # would wait in a collective forever: the subprocess timeout would fail the test.
+    r = mpi(1, data_dir, tmp_path / "x", "--epochs", "50", check=False, timeout=90,
             mpmd_extra=("--epochs", "50", "--data-dir", str(tmp_path / "missing")))
     assert r.returncode != 0
-    assert "rank 1:" in r.stderr and time.monotonic() - t0 < 60
+    assert "rank 1:" in r.stderr
 
 
 def test_cuda_is_refused(data_dir, tmp_path):
