@@ -234,7 +234,8 @@ def compute_probe(args: argparse.Namespace) -> None:
             expect = header + item * (size + sum(math.prod(v) for v in shapes.values()))
             assert blob.nbytes == expect, (blob.nbytes, expect)
             sizes[str(size)] = {"bytes": int(blob.nbytes), "piece_shapes": shapes,
-                                "seconds": _median(times) if times else None}
+                                "seconds": _median(times) if times else None,
+                                "all_seconds": times}
         share_pass(x, y, n)  # the whole batch's pieces, as every rank has them after the gather
         whole = {s: {k: a.copy() for k, a in d.items()} for s, d in model.gradient_pieces().items()}
         finish = []
@@ -255,6 +256,7 @@ def compute_probe(args: argparse.Namespace) -> None:
                 one.append(time.perf_counter() - t0)
         batches.append({"batch": n, "unit": unit, "largest_share_sizes": largest,
                         "sizes": sizes, "finish_seconds": _median(finish),
+                        "finish_all_seconds": finish,
                         "one_process_step_seconds": _median(one)})
     Path(args.probe_out).write_text(json.dumps(
         {"threads": args.threads, "repeats": args.compute_repeats, "header_bytes": header,
@@ -262,7 +264,8 @@ def compute_probe(args: argparse.Namespace) -> None:
 
 
 def allgather_probe(args: argparse.Namespace) -> None:
-    """Under mpiexec: median seconds of Allgatherv with equal blocks of each size."""
+    """Under mpiexec: [bytes, median seconds, best seconds] of Allgatherv with equal blocks
+    of each size (each the slowest rank's)."""
     import numpy as np
 
     from scratchcnn.comm import MPIComm
@@ -279,8 +282,8 @@ def allgather_probe(args: argparse.Namespace) -> None:
             comm.allgatherv(buf, counts)
             if i >= 3:
                 times.append(time.perf_counter() - t0)
-        worst = comm.allgather_obj(_median(times))  # the slowest rank's median
-        points.append([b, max(worst)])
+        worst = comm.allgather_obj((_median(times), min(times)))  # the slowest rank's
+        points.append([b, max(w[0] for w in worst), max(w[1] for w in worst)])
     if comm.rank == 0:
         Path(args.probe_out).write_text(json.dumps(
             {"ranks": comm.size, "library": comm.library, "iterations": args.iterations,
@@ -348,6 +351,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     from scratchcnn.runinfo import blas_kernels
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
         work = Path(tmp)
         cli = cli_runs(args, work)
@@ -365,7 +369,7 @@ def measure(args: argparse.Namespace) -> dict:
               "--probe-out", str(ag), "--iterations", str(args.comm_iterations),
               "--block-bytes", *map(str, blocks)], timeout=1800)
         allgather = json.loads(ag.read_text())
-    alpha, beta = fit_alpha_beta([tuple(p) for p in allgather["points"]])
+    alpha, beta = fit_alpha_beta([(p[0], p[1]) for p in allgather["points"]])
     allgather["fit"] = {"alpha_s": alpha, "beta_s_per_byte": beta}
     allgather["model"] = "t = alpha + b * beta (2 ranks, equal blocks of b bytes)"
     pred = alpha + beta * _cli_block(compute, cli["batch"], args.procs)
@@ -373,7 +377,8 @@ def measure(args: argparse.Namespace) -> dict:
     name = cli["ratio_names"][0]
     cli["measured_comm_seconds_per_step"] = (cli["configurations"][name]["median_comm_seconds"]
                                              / cli["steps_per_epoch"])
-    return {"machine": {**machine_summary(), "blas_kernels": blas_kernels()},
+    return {"machine": {**machine_summary(), "blas_kernels": blas_kernels(),
+                        "load_average_1min": [load_before, os.getloadavg()[0]]},
             "cli": cli, "compute": compute, "allgather": allgather}
 
 
@@ -404,7 +409,9 @@ def markdown(measured: dict, model: dict, command: str) -> str:
         f"Scaling benchmark: `{command}`. Machine: {m['cpu_model']}, {m['cpu_count']} cores, "
         f"BLAS {', '.join(m['blas_kernels'])}, Python {m['python']}, NumPy {m['numpy']}, "
         f"Numba {m['numba']} (threading layer {m['threading_layer']}), MPI: {ag['library']}. "
-        "Numbers measured on a machine shared with other work: provisional.",
+        "Numbers measured on a machine shared with other work (1-minute load average "
+        f"{m['load_average_1min'][0]:.1f} at start, {m['load_average_1min'][1]:.1f} at the end): "
+        "provisional.",
         "",
         f"**Speed on one node** (one epoch of {cli['limit_train']} CIFAR-10 training images, "
         f"batch {cli['batch']}, median of {len(c1['epoch_seconds'])} runs each, alternating):",
@@ -471,7 +478,9 @@ def markdown(measured: dict, model: dict, command: str) -> str:
                          f"{s['why']}. The finish alone bounds the speedup at "
                          f"{s['finish_bound_speedup']:.1f}×.")
         lines.append("")
-    lines += ["![Modelled images per second against nodes](scaling.png)", ""]
+    lines += ["The plot of these curves is `scaling.png`, next to this file. `scaling.json` "
+              "holds every run's time (CLI epochs, each compute and finish repeat, the median "
+              "and best Allgatherv time per block size) for judging the noise.", ""]
     return "\n".join(lines)
 
 
@@ -559,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
         return compute_probe(args)
     if args.allgather_probe:
         return allgather_probe(args)
-    command = shlex.join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join([PROG, shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
     if args.from_json:
         measured = json.loads(Path(args.from_json).read_text())
         command = measured["command"]

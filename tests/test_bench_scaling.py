@@ -113,8 +113,9 @@ def test_where_it_stops_names_the_data_holding_ranks(scaling):
 def test_reports_from_synthetic_measurements(scaling, tmp_path):
     measured = synthetic(scaling)
     measured["machine"] = {"cpu_model": "test CPU", "cpu_count": 2, "blas_kernels": ["x"],
+                           "load_average_1min": [0.5, 0.7],
                            "python": "3", "numpy": "1", "numba": "0", "threading_layer": "omp"}
-    measured["allgather"].update(library="none", points=[[16, 1e-5]])
+    measured["allgather"].update(library="none", points=[[16, 1e-5, 1e-5]])
     run = {"epoch_seconds": [{"epoch_seconds": 2.0, "comm_seconds": 0.1}],
            "median_epoch_seconds": 2.0, "median_comm_seconds": 0.1, "comm_share": 0.05,
            "command": "c"}
