@@ -32,6 +32,17 @@ RUN_DEFAULTS: dict[str, Any] = {
     "augment": False, "limit_train": None, "limit_test": None,
 }
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+def lr_for_epoch(schedule: str, lr: float, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (1-based) of ``epochs``: constant; cosine from lr
+    down towards 0 over the run; step: x0.1 after half and again after 3/4 of the epochs."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+    if schedule == "step":
+        return lr * 0.1 ** ((epoch - 1 >= epochs // 2) + (epoch - 1 >= 3 * epochs // 4))
+    return lr
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -86,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adam (Keras defaults) or sgd with momentum (default adam)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default 0.001 for adam, 0.01 for sgd)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="learning rate per epoch: constant, cosine (from --lr towards 0 at "
+                        "--epochs) or step (x0.1 at 1/2 and 3/4 of --epochs)")
     p.add_argument("--momentum", type=float, default=None,
                    help="momentum for sgd (default 0.9)")
     p.add_argument("--seed", type=int_at_least(0), default=None,
@@ -132,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command = " ".join([PROG, *map(shlex.quote, argv)])
-    from scratchcnn.threads import configure_threads
+    from scratchcnn.threads import adapt_threads, configure_threads
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         configure_threads(args.threads)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    adapt_threads(args.threads, "distributed" if args.distributed else args.backend)
     if args.distributed and args.backend == "cuda":
         fail("--distributed runs on the CPU backends only (the CUDA backend keeps no "
              "per-group gradient pieces); use --backend parallel or serial")
@@ -369,6 +384,10 @@ class Trainer:
         self.test_x, self.test_y = data.test_images[:n_test], data.test_labels[:n_test]
 
         t0 = time.perf_counter()
+        from scratchcnn.warmup import ensure_compiled  # cold cache: compile in parallel, say so
+
+        ensure_compiled(a.backend, say=lambda m: self._say(m, flush=True),
+                        progress=self.writer and not a.no_progress)
         warm_up(self.model, self.loss, self.opt)
         compile_seconds = time.perf_counter() - t0
         config = {
@@ -412,6 +431,7 @@ class Trainer:
 
         a, progress = self.args, self.progress
         skip = progress.batch
+        self.opt.lr = lr_for_epoch(a.lr_schedule, self.settings["lr"], epoch, a.epochs)
         sums = progress.partial if skip else {
             "loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "wait": 0.0}
         self.resumed_mid_epoch = bool(skip)
