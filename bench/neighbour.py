@@ -11,22 +11,23 @@ thread count and its threading defaults), optionally followed by
 ``:VAR=VALUE,VAR=VALUE`` environment settings applied before Numba (and
 libgomp) load, e.g. ``parallel@2:OMP_WAIT_POLICY=passive``.
 
-Every configuration runs in a fresh child process of its own (thread-pool
-sizes, wait policies and threading layers are fixed when the libraries load;
-PyTorch and Numba each bring an OpenMP runtime). The child builds the same
-model from the same seed and the same ``BatchLoader`` (same batches, the
-network of ``bench/harness.py``), warms up (JIT, not timed), then trains
-``--epochs`` epochs per *phase*, alternating quiet and busy phases
-(``--rounds`` times): in a busy phase a neighbour process (``python -c
-'while True: pass'``, unpinned, normal priority: what another user's job
-looks like) runs for exactly the epoch. The neighbour is measured: its CPU
-seconds (``os.wait4`` rusage) over the epoch's wall time = the share of a
-core it really got. Only the training loop is timed (as ``scratchcnn.train``
-does). The load average is recorded at the start of every phase.
+Every configuration lives in a child process of its own, set up once
+(thread-pool sizes, wait policies and threading layers are fixed when the
+libraries load; PyTorch and Numba each bring an OpenMP runtime): the same
+model from the same seed, the same ``BatchLoader`` batches (the network of
+``bench/harness.py``), warmed up (JIT, not timed). Then, ``--rounds`` times,
+each configuration in turn (the order rotates every round, so that a change in
+the machine's load hits every configuration alike) trains ``--epochs`` epochs
+quiet, then ``--epochs`` epochs busy: a neighbour process (``python -c 'while
+True: pass'``, unpinned, normal priority: what another user's job looks like)
+runs for exactly those epochs. The neighbour is measured: its CPU seconds
+(``os.wait4`` rusage) over the phase's wall time = the share of a core it
+really got. Only the training loop is timed (as ``scratchcnn.train`` does);
+the idle children wait on a pipe. The load average is recorded at the start
+of every phase; ``cli`` phases list the governor's thread-count changes.
 
 Writes neighbour.json and neighbour.md to ``--out`` (default
-docs/results/neighbour/). Configurations run one after another, never two at
-once.
+docs/results/neighbour/). One epoch runs at a time, never two at once.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def _stop_neighbour(proc: subprocess.Popen, wall: float) -> dict:
     return {"cpu_seconds": cpu, "core_share": cpu / wall if wall > 0 else 0.0}
 
 
-def worker(args, config: str) -> dict:
+def worker(args, config: str) -> None:
+    """Child: set up one configuration, then train one epoch per line read from stdin
+    ("epoch N"), answering one JSON line each; "info" answers the set-up facts."""
     kind, n, env = parse_config(config)
     os.environ.update(env)
     from scratchcnn.threads import adapt_threads, configure_threads, default_threads
@@ -129,44 +132,35 @@ def worker(args, config: str) -> dict:
         backend = "serial" if kind == "serial" else "parallel"
         warm_up_backend(backend)
         run = ScratchRun(backend, threads, args.seed)
-        if kind == "cli":  # the CLI sets nothing per epoch: keep what configure_threads chose
+        if kind == "cli":  # the CLI sets nothing per epoch: the governor owns the count
             run._use_threads = lambda: None
-    phases, epoch, n_changes = [], 0, 0
-    with loader:
-        for r in range(args.rounds):
-            for busy in (False, True):
-                load = os.getloadavg()
-                nb = _start_neighbour() if busy else None
-                if nb:
-                    time.sleep(0.2)  # let it get scheduled
-                times, extra = [], {}
-                t0 = time.perf_counter()
-                for _ in range(args.epochs):
-                    epoch += 1
-                    times.append(run.train_epoch(loader, epoch).seconds)
-                if nb:
-                    extra = _stop_neighbour(nb, time.perf_counter() - t0 + 0.2)
-                if governor is not None:
-                    extra["thread_changes"] = governor.changes[n_changes:]
-                    n_changes = len(governor.changes)
-                phases.append({"round": r, "busy": busy, "epoch_seconds": times,
-                               "loadavg": load, **extra})
-                print(f"  {config}: round {r} {'busy ' if busy else 'quiet'} "
-                      f"{', '.join(f'{t:.2f}' for t in times)} s  load {load[0]:.2f}"
-                      + (f"  neighbour {extra['core_share']:.2f} core" if busy else "")
-                      + (f"  threads {extra['thread_changes']}" if governor else ""),
-                      file=sys.stderr, flush=True)
     layer = None
     if kind != "torch":
         try:
             layer = numba.threading_layer()
         except ValueError:
             layer = None
-    return {"config": config, "kind": kind, "threads": threads if kind != "serial" else 1,
-            "env": env, "threading_layer": layer, "phases": phases,
+    info = {"config": config, "kind": kind, "threads": threads if kind != "serial" else 1,
+            "env": env, "threading_layer": layer,
             "thread_env": {k: os.environ.get(k) for k in (
                 "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER",
                 "NUMBA_NUM_THREADS")}}
+    out = sys.stdout
+    sys.stdout = sys.stderr  # only answers on the pipe
+    n_changes = 0
+    with loader:
+        print(json.dumps(info), file=out, flush=True)
+        for line in sys.stdin:
+            cmd, *rest = line.split()
+            if cmd == "stop":
+                break
+            epoch = int(rest[0])
+            seconds = run.train_epoch(loader, epoch).seconds
+            answer = {"seconds": seconds}
+            if governor is not None:
+                answer["thread_changes"] = governor.changes[n_changes:]
+                n_changes = len(governor.changes)
+            print(json.dumps(answer), file=out, flush=True)
 
 
 # -- the parent -------------------------------------------------------------------------
@@ -232,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args, args.worker)))
+        worker(args, args.worker)
         return 0
     for c in args.configs:
         parse_config(c)
@@ -241,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now().isoformat(timespec="seconds")
     load_start = os.getloadavg()
     rows = []
-    passthrough = [a for a in argv if not a.startswith("--configs")]
-    # drop the --configs values from the passthrough flags
-    passthrough, skip = [], False
+    passthrough, skip = [], False  # the flags, less --configs and its values
     for a in argv:
         if a == "--configs":
             skip = True
@@ -252,13 +244,62 @@ def main(argv: list[str] | None = None) -> int:
             continue
         skip = False
         passthrough.append(a)
-    for c in args.configs:
-        print(f"{c} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--worker", c]
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=24 * 3600)
-        if r.returncode != 0:
-            sys.exit(f"{PROG}: error: configuration {c} failed (exit {r.returncode})")
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    workers = {}
+    try:
+        for c in args.configs:  # set up one at a time (warm-ups are not timed)
+            print(f"setting up {c} ...", file=sys.stderr, flush=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--worker", c]
+            w = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            workers[c] = w
+            line = w.stdout.readline()
+            if not line:
+                sys.exit(f"{PROG}: error: configuration {c} failed to start")
+            rows.append({**json.loads(line), "phases": []})
+        epoch = 0
+        for r in range(args.rounds):
+            # rotate the order every round; quiet then busy for each configuration
+            order = rows[r % len(rows):] + rows[:r % len(rows)]
+            for row in order:
+                w = workers[row["config"]]
+                for busy in (False, True):
+                    load = os.getloadavg()
+                    nb = _start_neighbour() if busy else None
+                    if nb:
+                        time.sleep(0.2)  # let it get scheduled
+                    t0 = time.perf_counter()
+                    times, changes = [], []
+                    for _ in range(args.epochs):
+                        epoch += 1
+                        w.stdin.write(f"epoch {epoch}\n")
+                        w.stdin.flush()
+                        line = w.stdout.readline()
+                        if not line:
+                            sys.exit(f"{PROG}: error: configuration {row['config']} died")
+                        ans = json.loads(line)
+                        times.append(ans["seconds"])
+                        changes += ans.get("thread_changes", [])
+                    extra = _stop_neighbour(nb, time.perf_counter() - t0 + 0.2) if nb else {}
+                    if row["kind"] == "cli":
+                        extra["thread_changes"] = changes
+                    row["phases"].append({"round": r, "busy": busy, "epoch_seconds": times,
+                                          "loadavg": load, **extra})
+                    print(f"  {row['config']}: round {r} {'busy ' if busy else 'quiet'} "
+                          f"{', '.join(f'{t:.2f}' for t in times)} s  load {load[0]:.2f}"
+                          + (f"  neighbour {extra['core_share']:.2f} core" if busy else "")
+                          + (f"  threads {changes}" if changes else ""),
+                          file=sys.stderr, flush=True)
+    finally:
+        for w in workers.values():
+            if w.poll() is None:
+                try:
+                    w.stdin.write("stop\n")
+                    w.stdin.flush()
+                except OSError:
+                    pass
+                try:
+                    w.wait(60)
+                except subprocess.TimeoutExpired:
+                    w.kill()
     n_train = args.limit_train or 50_000
     report = {
         "command": " ".join([PROG, *map(shlex.quote, argv)]), "started": started,
