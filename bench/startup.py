@@ -12,7 +12,7 @@ warm one):
   (``numba.core.event`` "numba:compile") recorded: per function, seconds including
   the helpers it compiled and seconds of its own.
 * ``cold-jobs``: ``scratchcnn.warmup.compile_missing`` (the kernels one step uses,
-  compiled in one process per core), then ``loop.warm_up`` loading them.
+  compiled in ``--jobs`` processes), then ``loop.warm_up`` loading them.
 * ``warm``: ``loop.warm_up`` with the cache the step before filled.
 * ``cli-cold`` / ``cli-warm``: ``python -m scratchcnn.train`` on a few images with
   a cold / the just-filled cache; reports its "first batch N s after launch" line,
@@ -43,7 +43,7 @@ DEFAULT_OUT = ROOT / "docs" / "results" / "startup"
 STEPS = ("cold-inline", "warm", "cold-jobs", "warm", "cli-cold", "cli-warm")
 
 
-def child(mode: str, backend: str, threads: int) -> dict:
+def child(mode: str, backend: str, threads: int, jobs: int | None = None) -> dict:
     """In a fresh process: one measured step (not cli-*)."""
     t_launch = time.perf_counter()
     from scratchcnn.threads import configure_threads
@@ -64,7 +64,7 @@ def child(mode: str, backend: str, threads: int) -> dict:
     if mode == "cold-jobs":
         from scratchcnn.warmup import compile_missing
 
-        r = compile_missing(backend, progress=False)
+        r = compile_missing(backend, jobs, progress=False)
         out["compile"] = {k: r[k] for k in ("kernels", "missing", "jobs", "seconds")}
         out["per_kernel_in_worker"] = r["per_kernel"]
     t1 = time.perf_counter()
@@ -143,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=["serial", "parallel"], default="parallel")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--steps", nargs="+", choices=sorted(set(STEPS)), default=list(STEPS))
+    p.add_argument("--jobs", type=int, default=None,
+                   help="cold-jobs: compile processes (default: scratchcnn.warmup's choice, "
+                        "the cores the load average leaves free)")
     p.add_argument("--data-dir", default=os.environ.get("SCRATCHCNN_DATA", "./data"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.backend, args.threads)))
+        print(json.dumps(child(args.child, args.backend, args.threads, args.jobs)))
         return 0
     from scratchcnn.runinfo import cpu_model
 
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--backend", args.backend,
                        "--threads", str(args.threads), "--child", mode]
+                if args.jobs:
+                    cmd += ["--jobs", str(args.jobs)]
                 r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
                 if r.returncode != 0:
                     sys.exit(f"{PROG}: error: step {mode} failed")

@@ -15,15 +15,19 @@ the reference network uses on one backend -- nothing else:
    exact (kernel, signature) pairs a step calls: nothing is compiled for a
    layer or a backend the run does not use.
 2. **Compiled in parallel processes.** The pairs still missing from the cache
-   are dealt to ``--jobs`` worker processes (spawned: no OpenMP state is
-   forked), biggest first; each compiles its share with
+   are dealt to ``--jobs`` worker processes (default: the cores the load
+   average leaves free; one job compiles in this process), spawned (no OpenMP
+   state is forked), biggest first, forward kernels in one share and backward
+   kernels in the other (they share helpers); each compiles its share with
    ``dispatcher.compile(signature)``, which writes the machine code into the
    on-disk cache (``NUMBA_CACHE_DIR`` if set). A progress bar counts kernels.
 3. The caller then loads everything from the cache (``loop.warm_up``).
 
 ``ensure_compiled(backend)`` is what ``python -m scratchcnn.train`` calls before
 its warm-up: it says what it is doing when something must be compiled, and
-returns at once (after the dry pass, milliseconds) when the cache is warm.
+returns once the dry pass has found everything in the cache (loading it, which
+the warm-up would have done anyway). The loader's two small kernels are left to
+the warm-up (under a second cold).
 
 Compiling changes no bits: the same functions with the same flags are
 compiled, only in another process.
@@ -149,13 +153,15 @@ def compile_missing(backend: str, jobs: int | None = None, *, progress: bool = T
     if not missing:
         result["seconds"] = time.perf_counter() - t0
         return result
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(missing)))
+    jobs = max(1, min(jobs or free_cores(), len(missing)))
     result["jobs"] = jobs
     if say:
         say(f"compiling {len(missing)} kernel(s) of the {backend} backend into Numba's cache "
             f"({os.environ.get('NUMBA_CACHE_DIR') or 'next to the sources'}) in {jobs} "
-            f"process(es): once per machine and version, about {8 * len(missing) // jobs} s")
+            f"process(es); once per machine and Numba version, then cached")
     order = sorted(missing, key=lambda p: -_COST_HINT.get(p[0], 1))
+    if jobs == 1:  # in this process: no spawn, no second import of numba and scipy
+        return _compile_here(backend, order, result, progress, t0)
     shares = [order[i::jobs] for i in range(jobs)]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -190,6 +196,41 @@ def compile_missing(backend: str, jobs: int | None = None, *, progress: bool = T
     return result
 
 
+def free_cores() -> int:
+    """Cores not taken by other processes, from the 1-minute load average (this process
+    has not loaded the machine yet when it compiles); at least 1. On a busy machine
+    more compile processes than free cores only add their imports."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cores
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def _compile_here(backend: str, order: list, result: dict, progress: bool, t0: float) -> dict:
+    from tqdm import tqdm
+
+    from scratchcnn.kernels import get_backend
+
+    ns = get_backend(backend)
+    with tqdm(total=len(order), desc="compiling kernels", unit="kernel", leave=False,
+              disable=not progress or None) as bar:
+        for name, sig in order:
+            bar.set_postfix_str(name)
+            t = time.perf_counter()
+            if name.startswith("loader:"):
+                from scratchcnn.data.augment import warm_up
+
+                warm_up()
+            else:
+                getattr(ns, name).compile(sig)
+            result["per_kernel"][name] = time.perf_counter() - t
+            bar.update(1)
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
 def ensure_compiled(backend: str, say: Callable[[str], None] = print,
                     progress: bool = True) -> dict | None:
     """What the training CLI runs before ``warm_up``: fill the cache in parallel
@@ -197,14 +238,14 @@ def ensure_compiled(backend: str, say: Callable[[str], None] = print,
     (compiled by the driver) or when caching is off."""
     if backend not in ("serial", "parallel") or os.environ.get("NUMBA_DISABLE_JIT") == "1":
         return None
-    return compile_missing(backend, progress=progress, say=say)
+    return compile_missing(backend, progress=progress, say=say, loader=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=["serial", "parallel", "both"], default="parallel")
     p.add_argument("--jobs", type=int, default=None,
-                   help="compile processes (default: the cores)")
+                   help="compile processes (default: the cores the load average leaves free)")
     p.add_argument("--threads", type=int, default=None,
                    help="Numba threads (as the training run will use; default: the cores)")
     args = p.parse_args(argv)
