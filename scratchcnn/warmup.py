@@ -25,9 +25,10 @@ the reference network uses on one backend -- nothing else:
 
 ``ensure_compiled(backend)`` is what ``python -m scratchcnn.train`` calls before
 its warm-up: it says what it is doing when something must be compiled, and
-returns once the dry pass has found everything in the cache (loading it, which
-the warm-up would have done anyway). The loader's two small kernels are left to
-the warm-up (under a second cold).
+returns at once when a note it left in the cache folder (the kernel names of
+the last dry pass) finds an index file for every one of them: a warm start runs
+nothing extra. The loader's two small kernels are left to the warm-up (under a
+second cold).
 
 Compiling changes no bits: the same functions with the same flags are
 compiled, only in another process.
@@ -148,6 +149,12 @@ def compile_missing(backend: str, jobs: int | None = None, *, progress: bool = T
     t0 = time.perf_counter()
     sigs = kernel_signatures(backend, loader=loader)
     missing = [(n, s) for n, s in sigs if not _cached(backend, n, s)]
+    try:
+        _manifest(backend).parent.mkdir(parents=True, exist_ok=True)
+        names = sorted({n for n, _ in sigs if not n.startswith("loader:")})
+        _manifest(backend).write_text("\n".join(names) + "\n")
+    except OSError:
+        pass  # a read-only cache: no note, the dry pass runs every time
     result = {"kernels": len(sigs), "missing": len(missing), "per_kernel": {},
               "jobs": 0, "seconds": 0.0}
     if not missing:
@@ -231,6 +238,35 @@ def _compile_here(backend: str, order: list, result: dict, progress: bool, t0: f
     return result
 
 
+def _manifest(backend: str):
+    """A note in Numba's cache folder: the kernels one training step on ``backend`` uses
+    (written after the dry pass found or compiled them all)."""
+    from pathlib import Path
+
+    from scratchcnn.kernels import get_backend
+
+    cache_dir = Path(get_backend(backend).conv2d_forward._cache._cache_path)
+    return cache_dir / f"scratchcnn-step-kernels-{backend}.txt"
+
+
+def _looks_warm(backend: str) -> bool:
+    """Whether the cache holds an index for every kernel the manifest lists: then the
+    dry pass is skipped (nothing extra runs on a warm start; a kernel whose types
+    changed since is still compiled, by the warm-up, in the old way)."""
+    from pathlib import Path
+
+    from scratchcnn.kernels import get_backend
+
+    ns = get_backend(backend)
+    try:
+        names = _manifest(backend).read_text().split()
+    except OSError:
+        return False
+    return bool(names) and all(
+        hasattr(ns, n) and Path(getattr(ns, n)._cache._cache_file._index_path).exists()
+        for n in names)
+
+
 def ensure_compiled(backend: str, say: Callable[[str], None] = print,
                     progress: bool = True) -> dict | None:
     """What the training CLI runs before ``warm_up``: fill the cache in parallel
@@ -238,6 +274,8 @@ def ensure_compiled(backend: str, say: Callable[[str], None] = print,
     (compiled by the driver) or when caching is off."""
     if backend not in ("serial", "parallel") or os.environ.get("NUMBA_DISABLE_JIT") == "1":
         return None
+    if _looks_warm(backend):
+        return {"kernels": None, "missing": 0, "per_kernel": {}, "jobs": 0, "seconds": 0.0}
     return compile_missing(backend, progress=progress, say=say, loader=False)
 
 
