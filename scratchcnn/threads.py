@@ -4,6 +4,11 @@ Numba fixes the size of its thread pool (``NUMBA_NUM_THREADS``, default: the
 number of cores) when it is first imported; ``numba.set_num_threads`` can only
 go below it. ``configure_threads(n)`` therefore raises the pool size in the
 environment if Numba is not imported yet, then sets the thread count.
+
+``adapt_threads(n, backend)`` (called by the training CLI right after) starts a
+``ThreadGovernor``: the parallel backend's thread count then follows the cores
+other processes leave free (docs/contention.md). ``SCRATCHCNN_ADAPT_THREADS=0``
+turns it off.
 """
 
 from __future__ import annotations
