@@ -29,9 +29,23 @@ _LAUNCH = time.perf_counter()  # when this module was imported: the start of a C
 #: Flags that define a run; a resumed run keeps the checkpoint's values.
 RUN_DEFAULTS: dict[str, Any] = {
     "batch_size": 32, "optimizer": "adam", "lr": None, "momentum": 0.9, "seed": 0,
-    "augment": False, "limit_train": None, "limit_test": None,
+    "augment": False, "limit_train": None, "limit_test": None, "lr_schedule": "constant",
 }
+#: Settings added after the first checkpoints were written: a checkpoint without them
+#: ran with these values.
+LATER_SETTINGS: dict[str, Any] = {"lr_schedule": "constant"}
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+def lr_for_epoch(schedule: str, lr: float, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (1-based) of ``epochs``: constant; cosine from lr
+    down towards 0 over the run; step: x0.1 after half and again after 3/4 of the epochs."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+    if schedule == "step":
+        return lr * 0.1 ** ((epoch - 1 >= epochs // 2) + (epoch - 1 >= 3 * epochs // 4))
+    return lr
 #: The files a run writes into its folder (``--overwrite`` removes these, nothing else).
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.npz", "best.npz", "curves.png")
 
@@ -100,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adam (Keras defaults) or sgd with momentum (default adam)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default 0.001 for adam, 0.01 for sgd)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="learning rate per epoch (default constant): constant, cosine (from "
+                        "--lr towards 0 at --epochs) or step (x0.1 at 1/2 and 3/4 of --epochs)")
     p.add_argument("--momentum", type=_momentum, default=None,
                    help="momentum for sgd (default 0.9; refused with adam)")
     p.add_argument("--seed", type=int_at_least(0), default=None,
@@ -158,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         args.command = shlex.join([*PROG.split(), *argv])
         if args.eval_only and args.resume:
             fail("--eval-only: cannot be combined with --resume; pass one of them")
-        from scratchcnn.threads import configure_threads
+        from scratchcnn.threads import adapt_threads, configure_threads
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             configure_threads(args.threads)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
+        adapt_threads(args.threads, "distributed" if args.distributed else args.backend)
         if args.distributed and args.backend == "cuda":
             fail("--distributed runs on the CPU backends only (the CUDA backend keeps no "
                  "per-group gradient pieces); use --backend parallel or serial")
@@ -512,6 +530,10 @@ class Trainer:
         self.test_x, self.test_y = data.test_images[:n_test], data.test_labels[:n_test]
 
         t0 = time.perf_counter()
+        from scratchcnn.warmup import ensure_compiled  # cold cache: compile in parallel, say so
+
+        ensure_compiled(a.backend, say=lambda m: self._say(m, flush=True),
+                        progress=self.show_progress)
         warm_up(self.model, self.loss, self.opt)
         compile_seconds = time.perf_counter() - t0
         config = {
@@ -561,6 +583,8 @@ class Trainer:
 
         a, progress = self.args, self.progress
         skip = progress.batch
+        self.opt.lr = lr_for_epoch(self.settings["lr_schedule"], self.settings["lr"], epoch,
+                                   a.epochs)
         sums = progress.partial if skip else {
             "loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "wait": 0.0}
         self.resumed_mid_epoch = bool(skip)
@@ -702,6 +726,9 @@ def _checked_settings(settings: dict | None, source: object) -> dict:
     def count(v: object, lo: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
+    if isinstance(settings, dict):  # written before these settings existed
+        settings = {**{k: v for k, v in LATER_SETTINGS.items() if k not in settings},
+                    **settings}
     if set(settings) != set(RUN_DEFAULTS):
         raise ValueError(f"{source}: corrupt checkpoint settings: expected the keys "
                          f"{sorted(RUN_DEFAULTS)}, got {sorted(settings)}; use another "
@@ -721,6 +748,8 @@ def _checked_settings(settings: dict | None, source: object) -> dict:
         raise bad("seed", "an integer >= 0")
     if not isinstance(settings["augment"], bool):
         raise bad("augment", "true or false")
+    if settings["lr_schedule"] not in LR_SCHEDULES:
+        raise bad("lr_schedule", f"one of {list(LR_SCHEDULES)}")
     for key in ("limit_train", "limit_test"):
         if settings[key] is not None and not count(settings[key], 1):
             raise bad(key, "null or an integer >= 1")

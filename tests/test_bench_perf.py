@@ -1,0 +1,82 @@
+"""bench/neighbour.py, bench/startup.py, bench/tta.py: flags and report structure only (the
+real runs take minutes on a quiet machine; no timing is asserted anywhere)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.mark.parametrize("script", ["neighbour.py", "startup.py", "tta.py"])
+def test_help(script):
+    r = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "--out" in r.stdout
+
+
+def test_neighbour_configs_and_report():
+    import neighbour
+
+    assert neighbour.parse_config("parallel@2:GOMP_SPINCOUNT=1000,OMP_WAIT_POLICY=passive") == (
+        "parallel", 2, {"GOMP_SPINCOUNT": "1000", "OMP_WAIT_POLICY": "passive"})
+    assert neighbour.parse_config("cli") == ("cli", None, {})
+    for bad in ("parallel", "gpu@2", "serial:NOEQUALS"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            neighbour.parse_config(bad)
+
+    def row(config, quiet, busy):
+        return {"config": config, "threading_layer": "omp", "phases": [
+            {"busy": False, "epoch_seconds": [quiet], "loadavg": [0.1, 0.1, 0.1]},
+            {"busy": True, "epoch_seconds": [busy], "loadavg": [1.0, 0.5, 0.2],
+             "core_share": 0.9}]}
+
+    rows = [row("serial", 10.0, 11.0), row("cli", 6.0, 12.0), row("torch@2", 5.0, 40.0)]
+    summary = {s["config"]: s for s in neighbour.summarize(rows)}
+    assert summary["cli"]["busy_vs_serial_busy"] == pytest.approx(12 / 11)
+    assert summary["cli"]["busy_vs_torch2_busy"] == pytest.approx(12 / 40)
+    assert summary["cli"]["slowdown"] == pytest.approx(2.0)
+    report = {"command": "x", "started": "t", "machine": {
+        "cpu_model": "cpu", "cpu_count": 2, "loadavg_start": [0, 0, 0], "loadavg_end": [0, 0, 0]},
+        "settings": {"train_images": 10, "epochs": 1, "rounds": 1},
+        "configurations": rows, "summary": list(summary.values())}
+    md = neighbour.render(report)
+    assert md.count("\n| `") == 3 and "busy / serial busy" in md
+
+
+def test_tta_report(tmp_path):
+    import tta
+
+    curve = {"warm_up_seconds": 1.0, "reached_at_epoch": 2, "seconds_to_target": 20.0,
+             "epochs": [{"epoch": e, "train_seconds_total": 10.0 * e, "test_acc": 0.3 * e}
+                        for e in (1, 2)]}
+    rep = {"command": "x", "started": "t", "cpu_model": "cpu", "cpu_count": 2,
+           "loadavg_start": [0, 0, 0], "loadavg_end": [0, 0, 0], "threads": 2,
+           "torch_threads": 2, "train_images": 10, "test_images": 10,
+           "results": [{"recipe": "plain", "target": 0.5, "augment": False,
+                        "lr_schedule": "constant", "lr": 1e-3,
+                        "curves": {"ours": curve, "torch@2": dict(curve,
+                                                                  seconds_to_target=10.0)}}]}
+    md = tta.render(rep)
+    assert "ours / torch" in md and "| 2.00 |" in md
+    tta.plot(rep, tmp_path / "tta.png")
+    assert (tmp_path / "tta.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_startup_report():
+    import startup
+
+    step = {"mode": "cold-inline", "import_seconds": 1.0, "seconds": 30.0, "loadavg": [1, 1, 1],
+            "per_function": {"conv2d_forward": {"incl": 7.0, "own": 3.0, "count": 1}}}
+    rep = {"command": "x", "started": "t", "cpu_model": "cpu", "cpu_count": 2,
+           "backend": "parallel", "threads": 2,
+           "steps": [step, {"mode": "cli-warm", "first_batch_seconds": 1.5,
+                            "process_seconds": 4.0, "loadavg": [1, 1, 1]}]}
+    md = startup.render(rep)
+    assert "| conv2d_forward | 7.00 | 3.00 | 1 |" in md and "| cli-warm | 1.5 |" in md

@@ -1,0 +1,93 @@
+"""scratchcnn.warmup (the dry pass that finds the kernels a step uses), the thread governor
+of scratchcnn.threads and the CLI's --lr-schedule: structure and logic, no timings."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+
+def test_dry_pass_finds_the_step_kernels_and_compiles_nothing():
+    from scratchcnn.kernels import KERNEL_NAMES, get_backend
+    from scratchcnn.warmup import kernel_signatures
+
+    ns = get_backend("serial")
+    before = {n: getattr(ns, n) for n in KERNEL_NAMES}
+    sigs = kernel_signatures("serial", loader=False)
+    names = {n for n, _ in sigs}
+    assert {"conv2d_relu_pool_forward", "conv2d_relu_pool_backward", "conv2d_backward",
+            "dense_forward", "softmax_cross_entropy", "adam_update"} <= names
+    assert names <= set(KERNEL_NAMES)
+    assert all(len(s) > 0 for _, s in sigs)
+    assert len(sigs) == len(set(sigs))  # each (kernel, types) once
+    # the namespace holds the real dispatchers again
+    assert all(getattr(ns, n) is fn for n, fn in before.items())
+
+
+def test_dry_pass_leaves_training_unchanged():
+    import numpy as np
+
+    from scratchcnn.loop import train_step
+    from scratchcnn.losses import SoftmaxCrossEntropy
+    from scratchcnn.model import reference_cnn
+    from scratchcnn.optim import Adam
+    from scratchcnn.warmup import kernel_signatures
+
+    def weights_after_step():
+        m = reference_cnn(seed=1, backend="serial")
+        loss, opt = SoftmaxCrossEntropy(backend="serial"), Adam(m.parameters(), backend="serial")
+        x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+        train_step(m, loss, opt, x, np.arange(4) % 10)
+        return {k: v.tobytes() for k, v in m.state_dict().items()}
+
+    first = weights_after_step()
+    kernel_signatures("serial", loader=False)
+    assert weights_after_step() == first
+
+
+def test_governor_drops_fast_and_rises_slowly():
+    from scratchcnn.threads import ThreadGovernor
+
+    g = ThreadGovernor(2, interval=3600, cores=2, rise_after=2)
+    try:
+        assert g.decide(0.1) == 2            # a shell or an editor: noise
+        g.wanted = g.decide(1.0)             # a neighbour on one core
+        assert g.wanted == 1
+        assert g.decide(1.0) == 1
+        assert g.decide(0.0) == 1            # one quiet sample is not enough
+        g.wanted = g.decide(0.0)
+        assert g.wanted == 2
+        assert ThreadGovernor.decide(g, 5.0) == 1  # never below one thread
+    finally:
+        g.stop()
+
+
+def test_adapt_threads_only_for_parallel_runs(monkeypatch):
+    from scratchcnn.threads import ADAPT_ENV, adapt_threads
+
+    assert adapt_threads(4, "serial") is None
+    assert adapt_threads(1, "parallel") is None
+    assert adapt_threads(4, "distributed") is None
+    monkeypatch.setenv(ADAPT_ENV, "0")
+    assert adapt_threads(4, "parallel") is None
+    monkeypatch.delenv(ADAPT_ENV)
+    if os.path.exists("/proc/stat"):
+        g = adapt_threads(2, "parallel")
+        assert g is not None
+        g.stop()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_lr_schedules(schedule):
+    from scratchcnn.train import build_parser, lr_for_epoch
+
+    assert build_parser().parse_args(["--lr-schedule", schedule]).lr_schedule == schedule
+    lrs = [lr_for_epoch(schedule, 1e-3, e, 8) for e in range(1, 9)]
+    assert lrs[0] == 1e-3
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+    if schedule == "cosine":
+        assert math.isclose(lrs[4], 0.5e-3)
+    if schedule == "step":
+        assert lrs[3] == 1e-3 and math.isclose(lrs[4], 1e-4) and math.isclose(lrs[6], 1e-5)
