@@ -74,8 +74,30 @@ def data_cuda() -> dict:
     return {"blocks": 4, "threads_per_block": 8, "levels": levels}
 
 
+TIMELINE = ROOT / "docs" / "results" / "loader" / "gil-release-threads2" / "loader.json"
+
+
+def data_loader_timeline() -> dict:
+    """Measured: when the loader's pool prepared each batch and when training waited.
+
+    From the --timeline record of bench/loader.py (committed JSON), the training
+    configuration with 2 loader threads; times in ms from the first event."""
+    rep = json.loads(TIMELINE.read_text())
+    run = next(r for r in rep["training"] if r["loader_threads"] == 2 and "timeline" in r)
+    ev = run["timeline"]
+    t0 = min(e["start"] for e in ev)
+    rows = []
+    for e in ev:
+        rows.append({"what": e["what"], "batch": e["batch"],
+                     "thread": e.get("thread", "training"),
+                     "start_ms": round(1e3 * (e["start"] - t0), 3),
+                     "end_ms": round(1e3 * (e["end"] - t0), 3)})
+    return {"source": str(TIMELINE.relative_to(ROOT)), "command": rep["command"],
+            "events": rows}
+
+
 DATA = {"loop_nest": data_loop_nest, "im2col": data_im2col, "groups": data_groups,
-        "race": data_race, "cuda": data_cuda}
+        "race": data_race, "cuda": data_cuda, "loader_timeline": data_loader_timeline}
 
 
 def compute() -> dict:
@@ -199,8 +221,37 @@ def draw_cuda(d, path):
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
+def draw_loader_timeline(d, path):
+    ev = d["events"]
+    lanes = sorted({e["thread"] for e in ev if e["what"] == "prepare"})
+    lanes = ["training"] + lanes
+    fig, ax = plt.subplots(figsize=(9, 2.2 + .4 * len(lanes)))
+    waits = sorted((e for e in ev if e["what"] == "wait"), key=lambda e: e["batch"])
+    for k, e in enumerate(waits):  # between getting batch k and asking for k+1: a step
+        if k + 1 < len(waits):
+            ax.barh(0, waits[k + 1]["start_ms"] - e["end_ms"], left=e["end_ms"], height=.6,
+                    color="#9ecae1", ec="white")
+        ax.barh(0, max(e["end_ms"] - e["start_ms"], .05), left=e["start_ms"], height=.6,
+                color="#de2d26")
+    for e in ev:
+        if e["what"] == "prepare":
+            y = lanes.index(e["thread"])
+            ax.barh(y, e["end_ms"] - e["start_ms"], left=e["start_ms"], height=.6,
+                    color="#fdae6b", ec="white")
+            ax.text((e["start_ms"] + e["end_ms"]) / 2, y, str(e["batch"]), ha="center",
+                    va="center", fontsize=6)
+    ax.set_yticks(range(len(lanes)), ["training step"] + [t.replace("scratchcnn-", "")
+                                                          for t in lanes[1:]])
+    ax.invert_yaxis()
+    ax.set_xlabel("ms (measured)")
+    ax.set_title("Loader pool overlapping training: orange = a batch being prepared, "
+                 "blue = training step, red = waiting for data", fontsize=9)
+    fig.text(0, -.02, "from " + d["source"], fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
 DRAW = {"loop_nest": draw_loop_nest, "im2col": draw_im2col, "groups": draw_groups,
-        "race": draw_race, "cuda": draw_cuda}
+        "race": draw_race, "cuda": draw_cuda, "loader_timeline": draw_loader_timeline}
 
 
 def main(argv=None) -> int:

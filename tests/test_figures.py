@@ -40,12 +40,21 @@ def test_im2col_example_is_the_textbook_matrix(figures):
     assert d["cols"] == expect
 
 
+def test_timeline_comes_from_a_committed_measurement(figures):
+    d = figures.data_loader_timeline()
+    assert (ROOT / d["source"]).is_file()
+    kinds = {e["what"] for e in d["events"]}
+    assert kinds == {"prepare", "wait"}
+    assert all(e["end_ms"] >= e["start_ms"] >= 0 for e in d["events"])
+
+
 def test_race_figure_loses_an_update(figures):
     d = figures.data_race()
     assert d["steps"][-1][3] == d["got"] < d["expected"]
 
 
-@pytest.mark.parametrize("name", ["loop_nest", "im2col", "groups", "race", "cuda"])
+@pytest.mark.parametrize("name", ["loop_nest", "im2col", "groups", "race", "cuda",
+                                  "loader_timeline"])
 def test_png_exists_and_is_linked(name):
     png = FIG / f"{name}.png"
     assert png.is_file() and png.stat().st_size > 5000
