@@ -19,7 +19,8 @@ speedup, Amdahl's prediction, the prediction capped at the core count, fraction
 of the machine's GEMM peak) and ``amdahl.png`` to ``--out`` (default: the
 folder of the JSON file), and prints the Markdown.
 
-Also writes ``amdahl_parts.md`` (and its numbers as ``amdahl_parts.json``): Amdahl from the bottom up. For the largest
+Also writes ``amdahl_parts.md`` (and its numbers as ``amdahl_parts.json``):
+Amdahl from the bottom up. For the largest
 fitted thread count n, each part p of the epoch breakdown (``breakdown_seconds``
 of the serial and of the parallel@n configuration) has a serial time t_p and a
 speedup s_p. The part's own serial fraction is f_p = (n / s_p - 1) / (n - 1)
