@@ -20,6 +20,19 @@ Both parts interleave their configurations: for each repeat, for each epoch
 Timings show min / median / max over all (repeat, epoch) samples.
 
 Writes loader.json, loader.md and loader.png to ``--out``.
+
+The GIL knob: ``--prep-cost MS`` adds MS milliseconds of (single-core,
+calibrated once at start) extra preparation work to every batch, either
+holding the GIL (``--prep-gil hold``: a pure-Python loop) or releasing it
+(``--prep-gil release``: the same loop in a ``@njit(nogil=True)`` function).
+Run it with ``--threads`` equal to the core count (no spare core for the
+loader) and below it (a spare core) to see when the pool helps and when it
+costs. ``--timeline`` records, for the first epoch of each training
+configuration, when every batch was prepared (start, end, thread) and when the
+training loop asked for it and got it; ``docs/figures.py`` draws the overlap
+from the committed JSON. The extra work replaces
+``scratchcnn.data.loader.make_batch`` by a wrapper (the loader looks it up at
+call time), so the package itself is unchanged.
 """
 
 from __future__ import annotations
@@ -65,8 +78,109 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-augment", choices=["off", "on"], nargs="+", default=["off", "on"],
                    help="augmentation settings for the training part")
     p.add_argument("--no-training", action="store_true", help="only the loader-alone part")
+    p.add_argument("--prep-cost", type=float, default=0.0, metavar="MS",
+                   help="extra preparation work per batch, in milliseconds of one core")
+    p.add_argument("--prep-gil", choices=["hold", "release"], default="hold",
+                   help="the extra work holds the GIL (Python loop) or releases it (nogil Numba)")
+    p.add_argument("--timeline", type=int, default=0, metavar="BATCHES",
+                   help="record timestamps of the first BATCHES batches of each training "
+                        "configuration's first epoch (0: off)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     return p
+
+
+def _spin_python(n: int) -> float:
+    s = 0.0
+    for i in range(n):
+        s += i * 0.5
+    return s
+
+
+_spin_nogil = None
+
+
+def _nogil_spinner():
+    global _spin_nogil
+    if _spin_nogil is None:
+        import numba
+
+        @numba.njit(nogil=True, cache=False)
+        def spin(n):
+            s = 0.0
+            for i in range(n):
+                s += (i % 7) * 0.5  # not folded into a closed form by the compiler
+                s *= 0.9999999
+            return s
+
+        spin(10)
+        _spin_nogil = spin
+    return _spin_nogil
+
+
+def _calibrate(fn, ms: float) -> int:
+    """Iterations of fn that take ms milliseconds on this core (best of 3 timings)."""
+    n = 20000
+    while True:
+        best = min(_timed(fn, n) for _ in range(3))
+        if best > 0.02:
+            return max(1, int(n * ms / 1000 / best))
+        n *= 4
+
+
+def _timed(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    fn(n)
+    return time.perf_counter() - t0
+
+
+class Recorder:
+    """Extra work per batch and the timestamps of --timeline (installed by install())."""
+
+    def __init__(self, args):
+        import scratchcnn.data.loader as loader_mod
+        self.mod, self.original = loader_mod, loader_mod.make_batch
+        self.events: list = []
+        self.recording = False
+        self.limit = args.timeline
+        self.t0 = time.perf_counter()
+        self.work, self.iters = None, 0
+        if args.prep_cost > 0:
+            self.work = _spin_python if args.prep_gil == "hold" else _nogil_spinner()
+            self.iters = _calibrate(self.work, args.prep_cost)
+
+    def install(self):
+        import threading
+
+        def make_batch(*a):
+            t = time.perf_counter()
+            if self.work is not None:
+                self.work(self.iters)
+            batch = self.original(*a)
+            if self.recording and a[-1] < self.limit:
+                self.events.append({"what": "prepare", "batch": int(a[-1]),
+                                    "thread": threading.current_thread().name,
+                                    "start": t - self.t0,
+                                    "end": time.perf_counter() - self.t0})
+            return batch
+        self.mod.make_batch = make_batch
+
+    def uninstall(self):
+        self.mod.make_batch = self.original
+
+    def consume(self, it):
+        """Wrap a loader epoch: record when each batch was asked for and received."""
+        k = 0
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            if self.recording and k < self.limit:
+                self.events.append({"what": "wait", "batch": k, "start": t - self.t0,
+                                    "end": time.perf_counter() - self.t0})
+            yield batch
+            k += 1
 
 
 def _rotated(items: list, r: int) -> list:
@@ -102,7 +216,7 @@ def loader_alone(args, x, y) -> list[dict]:
              "all": rates[(aug, t)]} for aug, t in keys]
 
 
-def training(args, x, y) -> list[dict]:
+def training(args, x, y, rec=None) -> list[dict]:
     """Epoch time and data wait per (loader threads, augment), parallel backend."""
     from harness import ScratchRun, spread
 
@@ -114,12 +228,25 @@ def training(args, x, y) -> list[dict]:
                               augment=k[1], threads=k[0], prefetch=args.prefetch) for k in keys}
     secs: dict = {k: [] for k in keys}
     waits: dict = {k: [] for k in keys}
+    timelines: dict = {}
     try:
         for r in range(args.repeats):
             runs = {k: ScratchRun("parallel", args.threads, args.seed) for k in keys}
             for epoch in range(1, args.epochs + 1):
                 for k in _rotated(keys, r):
-                    res = runs[k].train_epoch(loaders[k], epoch)
+                    record = rec is not None and rec.limit > 0 and r == 0 and epoch == 1
+                    if record:
+                        rec.events, rec.recording = [], True
+                        ld = loaders[k]
+                        original_epoch = ld.epoch
+                        ld.epoch = lambda e, _o=original_epoch: rec.consume(_o(e))
+                    try:
+                        res = runs[k].train_epoch(loaders[k], epoch)
+                    finally:
+                        if record:
+                            rec.recording = False
+                            del loaders[k].epoch
+                            timelines[k] = rec.events
                     secs[k].append(res.seconds)
                     waits[k].append(res.wait_seconds)
                     print(f"repeat {r + 1}/{args.repeats}  epoch {epoch}/{args.epochs}  "
@@ -134,7 +261,8 @@ def training(args, x, y) -> list[dict]:
         out.append({"loader_threads": t, "augment": aug, "epoch_seconds": s, "wait_seconds": w,
                     "wait_fraction": w["median"] / s["median"],
                     "images_per_second": len(y) / s["median"],
-                    "epoch_seconds_all": secs[(t, aug)], "wait_seconds_all": waits[(t, aug)]})
+                    "epoch_seconds_all": secs[(t, aug)], "wait_seconds_all": waits[(t, aug)],
+                    **({"timeline": timelines[(t, aug)]} if (t, aug) in timelines else {})})
     return out
 
 
@@ -149,7 +277,10 @@ def markdown(report: dict) -> str:
         f"Machine: {machine_line(report['machine'], report['gemm_peak'])}.", "",
         *([f"**{w}**", ""] if (w := busy_warning(report["machine"])) else []),
         f"{s['train_images']:,} training images, batch {s['batch_size']}, prefetch "
-        f"{s['prefetch']}, {s['repeats']} repeat(s); median (min–max).", "",
+        f"{s['prefetch']}, {s['repeats']} repeat(s); median (min–max)."
+        + (f" Extra preparation work per batch: {s['prep_cost_ms']:g} ms, GIL "
+           f"{'held' if s['prep_gil'] == 'hold' else 'released'}."
+           if s.get("prep_cost_ms") else ""), "",
         "#### The loader alone", "",
         "| loader threads | augment | batches / s | images / s |", "|---:|---|---:|---:|",
     ]
@@ -184,16 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     machine, peak = machine_context(args.gemm_size, None)
     machine["load_average_at_start"] = load_start
     x, y, _, _ = load_data(args.data_dir, args.limit_train, 1)
+    rec = Recorder(args)
+    rec.install()
     report = {
         "command": " ".join([PROG, *map(shlex.quote, argv)]), "started": started,
         "settings": {"train_images": len(y), "batch_size": args.batch_size,
                      "prefetch": args.prefetch, "repeats": args.repeats, "epochs": args.epochs,
-                     "seed": args.seed, "threads": args.threads},
+                     "seed": args.seed, "threads": args.threads,
+                     "prep_cost_ms": args.prep_cost, "prep_gil": args.prep_gil,
+                     "prep_iterations": rec.iters},
         "machine": machine, "gemm_peak": peak, "warm_up": warm,
         "train_backend": f"parallel@{args.threads}",
         "loader_alone": loader_alone(args, x, y),
-        "training": [] if args.no_training else training(args, x, y),
+        "training": [] if args.no_training else training(args, x, y, rec),
     }
+    rec.uninstall()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     from plots import plot_loader

@@ -158,3 +158,30 @@ def test_racy_kernel_is_right_on_one_thread(racy, numba_threads):
     n = 4096
     res = racy.run(n=n, features=16, outputs=3, repeats=3, versions=("racy",))["racy"]
     assert res["wrong_runs"] == 0 and res["smallest_sum"] == n and res["lost_updates"] == 0
+
+
+FIGURE_RE = re.compile(r"<!-- figure: (\S+?)#(\S+?) -->\s*(-?\d+(?:\.\d+)?)")
+
+
+def _figures(text: str):
+    return [{"path": p, "pointer": ptr, "quoted": q} for p, ptr, q in FIGURE_RE.findall(text)]
+
+
+def test_figure_markers_are_used():
+    assert _figures((ROOT / "docs" / "guide.md").read_text())
+
+
+@pytest.mark.parametrize(("doc", "fig"), _items(_figures))
+def test_quoted_figure_matches_its_source(doc, fig):
+    """``<!-- figure: file.json#a/0/b -->1.86`` : the number after the marker is the JSON
+    value at that path, rounded to the decimals quoted (``#a/b*100`` scales first)."""
+    import json
+    pointer, _, scale = fig["pointer"].partition("*")
+    value = json.loads((ROOT / fig["path"]).read_text())
+    for key in pointer.split("/"):
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    value = float(value) * float(scale or 1)
+    quoted = fig["quoted"]
+    decimals = len(quoted.split(".")[1]) if "." in quoted else 0
+    assert f"{value:.{decimals}f}" == quoted, (
+        f"{_rel(doc)} quotes {quoted} for {fig['path']}#{fig['pointer']}, which is {value}")

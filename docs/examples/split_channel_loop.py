@@ -67,6 +67,12 @@ def main() -> None:
             print(f"{label:>24}, {t} thread(s): {ms:8.2f} ms")
         same = results[label, 1].tobytes() == results[label, t].tobytes()
         print(f"{label:>24}: same bits on 1 and {t} threads: {same}")
+    ref = results["split (n, f) (project)", 1]
+    for t in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+        d = np.abs(results["split c (reduction)", t] - ref)
+        print(f"split c on {t} thread(s) vs the project's kernel: largest difference "
+              f"{d.max():.3g} (|out| up to {np.abs(ref).max():.3g}), "
+              f"{np.count_nonzero(d)} of {d.size} outputs differ in some bit")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""Exercise 9 (CUDA block reduction), checked under the CUDA simulator.
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda           # solution + skeleton fails
+    SCRATCHCNN_EXERCISE=1 NUMBA_ENABLE_CUDASIM=1 \
+        python -m pytest -q tests/cuda/test_exercise_block_sum.py
+
+Integer-valued data: the sum is exact in float32 whatever the order in which
+blocks' atomics land, so the check is an equality.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EX = ROOT / "docs" / "exercises"
+STUDENT = os.environ.get("SCRATCHCNN_EXERCISE") == "1"
+
+
+def _unavailable() -> str | None:
+    if importlib.util.find_spec("numba_cuda") is None:
+        return "numba-cuda is not installed (pip install -e '.[test,cuda]')"
+    from numba import config, cuda
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and not config.ENABLE_CUDASIM:
+        return "NUMBA_ENABLE_CUDASIM=1 was set after numba was imported"
+    if not cuda.is_available():
+        return ("no CUDA GPU here; the simulator runs these tests in their own process: "
+                "NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda")
+    return None
+
+
+REASON = _unavailable()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
+
+
+def _load(path: Path):
+    name = "cuda_exercise_" + "_".join(path.relative_to(EX).with_suffix("").parts)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def check_block_sum(mod) -> None:
+    from numba import cuda
+
+    x = np.random.default_rng(0).integers(-3, 4, size=3 * mod.TPB + 5).astype(np.float32)
+    blocks = -(-x.size // mod.TPB)
+    d_out = cuda.to_device(np.zeros(1, np.float32))
+    mod.block_sum[blocks, mod.TPB](cuda.to_device(x), d_out)
+    got = float(d_out.copy_to_host()[0])
+    want = float(x.astype(np.int64).sum())
+    assert got == want, f"block_sum gave {got}, the exact sum is {want}"
+
+
+if STUDENT:  # defined only in student mode: the normal run skips nothing
+    def test_student_block_sum():
+        check_block_sum(_load(EX / "block_sum.py"))
+
+
+def test_solution_block_sum():
+    check_block_sum(_load(EX / "solutions" / "block_sum.py"))
+
+
+def test_skeleton_block_sum_fails_the_check():
+    with pytest.raises(AssertionError, match="exact sum"):
+        check_block_sum(_load(EX / "block_sum.py"))
