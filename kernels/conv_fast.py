@@ -401,7 +401,7 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
                 for f in range(F):
                     for p in range(P):
                         v = on[f, p]
-                        on[f, p] = v if v > zero else zero
+                        on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
         else:
             go = gemm_out[g]
             conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], go)
@@ -411,7 +411,7 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
                     if relu:
                         for p in range(P):
                             v = go[s * P + p, f]
-                            on[f, p] = v if v > zero else zero
+                            on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
                     else:
                         for p in range(P):
                             on[f, p] = go[s * P + p, f]

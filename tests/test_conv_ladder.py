@@ -21,11 +21,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reference as ref
-from conftest import THREAD_COUNTS
 from scratchcnn.kernels import parallel, serial
 from scratchcnn.kernels.conv_fast import col2im as fast_col2im
 from scratchcnn.kernels.conv_fast import im2col as fast_im2col
+
+import reference as ref
+from conftest import THREAD_COUNTS
 
 # N, C, H, W, F, KH, KW, sh, sw, ph, pw
 SHAPES = [
