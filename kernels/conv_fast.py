@@ -309,6 +309,22 @@ def row2im_any(drows, row0, KH, KW, sh, sw, ph, pw, dxn):
 
 
 @helper
+def fill_wb(w, b, wb):
+    """wb (F, K+1) = the weights w as (F, K), then the bias as column K.
+
+    Loops in a serial helper rather than ``wb[:, :K] = w.reshape(F, K)`` in a
+    kernel: compiled with ``parallel=True``, a slice assignment is a parallel
+    loop of its own (one more fork and join)."""
+    F = w.shape[0]
+    K = wb.shape[1] - 1
+    w2 = w.reshape(F, K)
+    for f in range(F):
+        for k in range(K):
+            wb[f, k] = w2[f, k]
+        wb[f, K] = b[f]
+
+
+@helper
 def gather_dout(dout, n0, G, dg):
     """dg[f, s*P + p] = dout[n0 + s, f, p]: a group's output gradients side by side."""
     F = dout.shape[1]
@@ -382,11 +398,10 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     _, _, OH, OW = out.shape
-    K, P = C * KH * KW, OH * OW
+    P = OH * OW
     NG = cols.shape[0]
     G = N // NG
-    wb[:, :K] = w.reshape(F, K)
-    wb[:, K] = b
+    fill_wb(w, b, wb)  # a serial helper: `wb[:, :K] = ...` here would be a parallel loop
     zero = x.dtype.type(0)
     # PARALLEL: one group of G samples per iteration. Group g reads its samples
     # of x, writes only its own workspaces cols[g] / gemm_out[g] and the output

@@ -27,7 +27,7 @@ from __future__ import annotations
 from numba import prange
 
 from ._build import helper
-from .conv_fast import backward_group, conv_group_product, sum_group_partials
+from .conv_fast import backward_group, conv_group_product, fill_wb, sum_group_partials
 from .pool import window2x2
 
 __all__ = ["conv2d_relu_pool_forward", "conv2d_relu_pool_backward"]
@@ -42,9 +42,7 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, wb, cols, tile, po
     NG = cols.shape[0]
     G = N // NG
     S = tile.shape[0]
-    K = wb.shape[1] - 1
-    wb[:, :K] = w.reshape(F, K)
-    wb[:, K] = b
+    fill_wb(w, b, wb)  # serial helper: no hidden parallel loop
     # PARALLEL: one run of consecutive groups per iteration (as conv2d_backward):
     # run t writes cols[g] of its own groups, its own tile[t], and the pooled
     # output and argmax of its own samples; a window never leaves its (sample,
