@@ -394,6 +394,8 @@ def conv_group_product(x, n0, G, KH, KW, sh, sw, ph, pw, wb, cg, prod):
         np.dot(cg, wb.T, prod)  # (G*P, K+1) @ (K+1, F)
 
 
+# Ladder rung 4 (docs/ladder.md), vs rung 3 (conv.py's conv2d_forward_gemm): G samples
+# per product (im2row for G > 1), the bias folded into the product.
 def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
@@ -432,6 +434,8 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
                             on[f, p] = go[s * P + p, f]
 
 
+# Ladder rung 4, vs rung 3 (conv2d_backward_input_gemm): one product per group of samples,
+# patch gradients as rows (row2im) for G > 1.
 def conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx):
     N, F, OH, OW = dout.shape
     _, C, KH, KW = w.shape
@@ -458,6 +462,8 @@ def conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx):
                 row2im_any(dcols[g], s * P, KH, KW, sh, sw, ph, pw, dx[g * G + s])
 
 
+# Ladder rung 4, vs rung 3 (conv2d_backward_weight_gemm): one partial per group, db from
+# the ones column of cols instead of a separate sum.
 def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db):
     N, F, OH, OW = dout.shape
     NG, _, K1 = partial.shape
@@ -483,6 +489,8 @@ def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db):
         sum_group_partials(partial, f, dw2, db)
 
 
+# Ladder rung 5, vs rung 4: both gradients in one pass over the groups, one scratch slot
+# per thread instead of per group.
 def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dcols, dw, db, dx):
     """``conv2d_backward_weight`` and (if ``need_dx``) ``conv2d_backward_input`` fused.
 
