@@ -2,6 +2,7 @@
 
     python bench/kernels.py                 # batch 32, parallel on all cores
     python bench/kernels.py --threads 2 --repeats 30 --json kernels.json
+    python bench/kernels.py --ladder        # the convolution ladder -> docs/results/ladder.*
 
 For each kernel at the reference network's shapes it times the serial and the
 parallel build alternately (so machine noise hits both alike), reports the
@@ -38,6 +39,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32, help="batch size")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per build and kernel")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--ladder", action="store_true",
+                   help="time every rung of the convolution ladder (docs/ladder.md) serial, "
+                        "parallel@1 and parallel@threads; write docs/results/ladder.md/.json")
     return p.parse_args()
 
 
@@ -121,8 +125,161 @@ def cases(n: int):
     return out
 
 
+def ladder_cases(n: int) -> list[tuple[str, str, str, tuple, int, int]]:
+    """(layer, rung, kernel, args, FLOPs, bytes) for every rung of the ladder at batch n.
+
+    ``bytes``: what a memory-bound rung must move at least (its inputs read once,
+    its outputs written once), 0 for the compute-bound ones (GFLOP/s reported)."""
+    import numpy as np
+
+    from scratchcnn.kernels import serial
+    from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
+
+    f32 = np.float32
+    rng = np.random.default_rng(0)
+
+    def arr(*shape):
+        return rng.standard_normal(shape, dtype=f32)
+
+    out = []
+    convs = [("conv1", 3, 32, 32, 32), ("conv2", 32, 64, 15, 15), ("conv3", 64, 64, 6, 6)]
+    for layer, c, f, h, w in convs:
+        oh, ow, k, p = h - 2, w - 2, c * 9, (h - 2) * (w - 2)
+        x, wt, b, dout = arr(n, c, h, w), arr(f, c, 3, 3), arr(f), arr(n, f, oh, ow)
+        y, dx, dw, db = np.empty((n, f, oh, ow), f32), np.empty_like(x), np.empty_like(wt), \
+            np.empty_like(b)
+        cols, dcols, partial = np.empty((n, k, p), f32), arr(n, k, p), np.empty((n, f, k), f32)
+        ws = {key: np.empty(shape, f32)
+              for key, shape in conv2d_workspace_shapes(n, c, h, w, f, 3, 3, 1, 1, 0, 0).items()}
+        fl = 2 * n * f * k * p
+        serial.conv2d_forward_gemm(x, wt, b, 1, 1, 0, 0, cols, y)  # cols for the dw rung
+        serial.conv2d_forward(x, wt, b, 1, 1, 0, 0, False, ws["wb"], ws["cols"],
+                              ws["gemm_out"], y)
+        out += [
+            (layer, "1 direct loops", "conv2d_forward_direct", (x, wt, b, 1, 1, 0, 0, y), fl, 0),
+            (layer, "1 direct loops", "conv2d_backward_input_direct",
+             (dout, wt, 1, 1, 0, 0, dx), fl, 0),
+            (layer, "1 direct loops", "conv2d_backward_weight_direct",
+             (x, dout, 1, 1, 0, 0, dw, db), fl, 0),
+            (layer, "2 plain im2col", "im2col_plain", (x, 3, 3, 1, 1, 0, 0, cols), 0,
+             4 * (x.size + cols.size)),
+            (layer, "2 plain col2im", "col2im_plain", (dcols, 3, 3, 1, 1, 0, 0, dx), 0,
+             4 * (dcols.size + dx.size)),
+            (layer, "3 im2col + GEMM per sample", "conv2d_forward_gemm",
+             (x, wt, b, 1, 1, 0, 0, cols, y), fl, 0),
+            (layer, "3 im2col + GEMM per sample", "conv2d_backward_input_gemm",
+             (dout, wt, 1, 1, 0, 0, dcols, dx), fl, 0),
+            (layer, "3 im2col + GEMM per sample", "conv2d_backward_weight_gemm",
+             (dout, cols, partial, dw, db), fl, 0),
+            (layer, "4 sample groups / im2row", "conv2d_forward",
+             (x, wt, b, 1, 1, 0, 0, False, ws["wb"], ws["cols"], ws["gemm_out"], y), fl, 0),
+            (layer, "4 sample groups / im2row", "conv2d_backward_input",
+             (dout, wt, 1, 1, 0, 0, ws["gemm_out"], ws["dcols"], dx), fl, 0),
+            (layer, "4 sample groups / im2row", "conv2d_backward_weight",
+             (dout, ws["cols"], ws["gemm_out"], ws["partial"], dw, db), fl, 0),
+            (layer, "5 fused backward, per-thread slots", "conv2d_backward",
+             (dout, wt, ws["cols"], 1, 1, 0, 0, True, ws["gemm_out"], ws["partial"],
+              ws["dcols"], dw, db, dx), 2 * fl, 0),
+        ]
+        if layer != "conv3":
+            pshape = (n, f, oh // 2, ow // 2)
+            pout, am = np.empty(pshape, f32), np.empty(pshape, np.int32)
+            fwd = (x, wt, b, 1, 1, 0, 0, oh, ow, ws["wb"], ws["cols"], ws["tile"], pout, am)
+            serial.conv2d_relu_pool_forward(*fwd)
+            out += [
+                (layer, "6 conv + ReLU + pool", "conv2d_relu_pool_forward", fwd, fl, 0),
+                (layer, "6 conv + ReLU + pool", "conv2d_relu_pool_backward",
+                 (arr(*pshape), am, pout, wt, ws["cols"], 1, 1, 0, 0, oh, ow, True,
+                  ws["tile"], ws["partial"], ws["dcols"], dw, db, dx), 2 * fl, 0),
+                (layer, "pool alone", "maxpool2d_forward",
+                 (y, 2, 2, 2, 2, pout, am), 0, 4 * (y.size + pout.size + am.size)),
+            ]
+    return out
+
+
+def copy_bandwidth(mbytes: int = 256, repeats: int = 5) -> float:
+    """The machine's memory bandwidth as one thread sees it: a large array copy
+    (read + write counted), best of ``repeats``, in GB/s."""
+    import numpy as np
+
+    src = np.ones(mbytes * 2**20 // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best / 1e9
+
+
+def run_ladder(args: argparse.Namespace) -> None:
+    """Time every rung serial, parallel@1 and parallel@threads; write docs/results/ladder.*."""
+    import numba
+
+    from scratchcnn.runinfo import machine, versions
+    from scratchcnn.threads import configure_threads
+
+    configure_threads(args.threads)
+    from scratchcnn.kernels import parallel, serial
+
+    bandwidth = copy_bandwidth()
+    nt = args.threads
+    rows = []
+    for layer, rung, kname, kargs, flops, nbytes in ladder_cases(args.batch):
+        builds = {"serial": (getattr(serial, kname), 1),
+                  "parallel@1": (getattr(parallel, kname), 1),
+                  f"parallel@{nt}": (getattr(parallel, kname), nt)}
+        for fn, t in builds.values():  # compile / load from cache, warm caches
+            numba.set_num_threads(t)
+            fn(*kargs)
+        times = {label: [] for label in builds}
+        for _ in range(args.repeats):
+            for label, (fn, t) in builds.items():  # alternate: noise hits all alike
+                numba.set_num_threads(t)
+                t0 = time.perf_counter()
+                fn(*kargs)
+                times[label].append(time.perf_counter() - t0)
+        row = {"layer": layer, "rung": rung, "kernel": kname, "flops": flops, "bytes": nbytes}
+        for label, ts in times.items():
+            med = statistics.median(ts)
+            row[label] = {"median_ms": med * 1e3, "best_ms": min(ts) * 1e3,
+                          "rate": (nbytes or flops) / med / 1e9}
+        rows.append(row)
+        print(layer, kname, {k: round(row[k]["median_ms"], 3) for k in builds}, flush=True)
+    info = machine()
+    cols = ["serial", "parallel@1", f"parallel@{nt}"]
+    lines = [
+        f"Convolution ladder: `python bench/kernels.py --ladder --threads {nt} --batch "
+        f"{args.batch} --repeats {args.repeats}`. {info['cpu_model']}, {info['cpu_count']} "
+        f"cores, threading layer {info['numba_threading_layer']}, Numba "
+        f"{versions()['numba']}. Memory bandwidth (one thread, 256 MiB array copy, read + "
+        f"write): {bandwidth:.1f} GB/s. Median ms of {args.repeats} calls, and GFLOP/s (or "
+        "GB/s for the memory-bound rows, marked) from the median. Provisional: measured on a "
+        "machine shared with other jobs.",
+        "",
+        "| layer | rung | kernel | " + " | ".join(f"{c} ms" for c in cols)
+        + " | " + " | ".join(f"{c} rate" for c in cols) + " |",
+        "|---|---|---|" + "---:|" * (2 * len(cols)),
+    ]
+    for r in rows:
+        unit = " GB/s" if r["bytes"] else ""
+        lines.append(f"| {r['layer']} | {r['rung']} | `{r['kernel']}` | "
+                     + " | ".join(f"{r[c]['median_ms']:.3f}" for c in cols) + " | "
+                     + " | ".join(f"{r[c]['rate']:.1f}{unit}" for c in cols) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    res = Path(__file__).resolve().parent.parent / "docs" / "results"
+    (res / "ladder.md").write_text(text)
+    (res / "ladder.json").write_text(json.dumps(
+        {"args": vars(args), "machine": info, "versions": versions(),
+         "copy_bandwidth_gbs": bandwidth, "rows": rows}, indent=2) + "\n")
+
+
 def main() -> None:
     args = _parse()
+    if args.ladder:
+        run_ladder(args)
+        return
     from scratchcnn.threads import configure_threads
 
     configure_threads(args.threads)

@@ -12,12 +12,14 @@ def relu_forward(x, out):
     # PARALLEL: element-wise; element i is read and written by iteration i only.
     for i in prange(x.size):
         v = x[i]
-        out[i] = v if v > zero else zero
+        out[i] = zero if v <= zero else v  # NaN <= 0 is False: relu(NaN) = NaN
 
 
 def relu_backward(x, dout, dx):
-    """dx = dout where the forward input was > 0, else 0 (the gradient at 0 is 0)."""
+    """dx = 0 where the forward input was <= 0 (the gradient at 0 is 0), else dout.
+
+    A NaN input passes dout through (NaN <= 0 is False), as PyTorch's ReLU does."""
     zero = x.dtype.type(0)
     # PARALLEL: element-wise, as in the forward pass.
     for i in prange(x.size):
-        dx[i] = dout[i] if x[i] > zero else zero
+        dx[i] = zero if x[i] <= zero else dout[i]

@@ -310,6 +310,22 @@ def row2im_any(drows, row0, KH, KW, sh, sw, ph, pw, dxn):
 
 
 @helper
+def fill_wb(w, b, wb):
+    """wb (F, K+1) = the weights w as (F, K), then the bias as column K.
+
+    Loops in a serial helper rather than ``wb[:, :K] = w.reshape(F, K)`` in a
+    kernel: compiled with ``parallel=True``, a slice assignment is a parallel
+    loop of its own (one more fork and join)."""
+    F = w.shape[0]
+    K = wb.shape[1] - 1
+    w2 = w.reshape(F, K)
+    for f in range(F):
+        for k in range(K):
+            wb[f, k] = w2[f, k]
+        wb[f, K] = b[f]
+
+
+@helper
 def gather_dout(dout, n0, G, dg):
     """dg[f, s*P + p] = dout[n0 + s, f, p]: a group's output gradients side by side."""
     F = dout.shape[1]
@@ -379,15 +395,16 @@ def conv_group_product(x, n0, G, KH, KW, sh, sw, ph, pw, wb, cg, prod):
         np.dot(cg, wb.T, prod)  # (G*P, K+1) @ (K+1, F)
 
 
+# Ladder rung 4 (docs/ladder.md), vs rung 3 (conv.py's conv2d_forward_gemm): G samples
+# per product (im2row for G > 1), the bias folded into the product.
 def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     _, _, OH, OW = out.shape
-    K, P = C * KH * KW, OH * OW
+    P = OH * OW
     NG = cols.shape[0]
     G = N // NG
-    wb[:, :K] = w.reshape(F, K)
-    wb[:, K] = b
+    fill_wb(w, b, wb)  # a serial helper: `wb[:, :K] = ...` here would be a parallel loop
     zero = x.dtype.type(0)
     # PARALLEL: one group of G samples per iteration. Group g reads its samples
     # of x, writes only its own workspaces cols[g] / gemm_out[g] and the output
@@ -402,7 +419,7 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
                 for f in range(F):
                     for p in range(P):
                         v = on[f, p]
-                        on[f, p] = v if v > zero else zero
+                        on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
         else:
             go = gemm_out[g]
             conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], go)
@@ -412,12 +429,14 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
                     if relu:
                         for p in range(P):
                             v = go[s * P + p, f]
-                            on[f, p] = v if v > zero else zero
+                            on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
                     else:
                         for p in range(P):
                             on[f, p] = go[s * P + p, f]
 
 
+# Ladder rung 4, vs rung 3 (conv2d_backward_input_gemm): one product per group of samples,
+# patch gradients as rows (row2im) for G > 1.
 def conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx):
     N, F, OH, OW = dout.shape
     _, C, KH, KW = w.shape
@@ -444,6 +463,8 @@ def conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx):
                 row2im_any(dcols[g], s * P, KH, KW, sh, sw, ph, pw, dx[g * G + s])
 
 
+# Ladder rung 4, vs rung 3 (conv2d_backward_weight_gemm): one partial per group, db from
+# the ones column of cols instead of a separate sum.
 def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db):
     N, F, OH, OW = dout.shape
     NG, _, K1 = partial.shape
@@ -469,6 +490,8 @@ def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db):
         sum_group_partials(partial, f, dw2, db)
 
 
+# Ladder rung 5, vs rung 4: both gradients in one pass over the groups, one scratch slot
+# per thread instead of per group.
 def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dcols, dw, db, dx):
     """``conv2d_backward_weight`` and (if ``need_dx``) ``conv2d_backward_input`` fused.
 

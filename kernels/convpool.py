@@ -27,12 +27,14 @@ from __future__ import annotations
 from numba import prange
 
 from ._build import helper
-from .conv_fast import backward_group, conv_group_product, sum_group_partials
+from .conv_fast import backward_group, conv_group_product, fill_wb, sum_group_partials
 from .pool import window2x2
 
 __all__ = ["conv2d_relu_pool_forward", "conv2d_relu_pool_backward"]
 
 
+# Ladder rung 6, vs rung 4 + ReLU + maxpool2d_forward: the pool runs on each group's
+# product in a per-thread tile; the conv output is never written.
 def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, wb, cols, tile, pout, argmax):
     """relu(conv(x)) then the 2x2, stride-2 max-pool: pout (N, F, OH//2, OW//2) and
     argmax (flat indices into the OH x OW conv planes, which are never written)."""
@@ -42,9 +44,7 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, wb, cols, tile, po
     NG = cols.shape[0]
     G = N // NG
     S = tile.shape[0]
-    K = wb.shape[1] - 1
-    wb[:, :K] = w.reshape(F, K)
-    wb[:, K] = b
+    fill_wb(w, b, wb)  # serial helper: no hidden parallel loop
     # PARALLEL: one run of consecutive groups per iteration (as conv2d_backward):
     # run t writes cols[g] of its own groups, its own tile[t], and the pooled
     # output and argmax of its own samples; a window never leaves its (sample,
@@ -90,6 +90,8 @@ def unpool_relu(dpool, argmax, pout, n0, P, dg):
                     row[s * P + ap[i, j]] += zero if op[i, j] <= zero else gp[i, j]
 
 
+# Ladder rung 6, vs maxpool2d_backward + rung 5: the unpooled gradient goes to a
+# per-thread tile and straight into rung 5's per-group products.
 def conv2d_relu_pool_backward(dpool, argmax, pout, w, cols, sh, sw, ph, pw, OH, OW, need_dx,
                               tile, partial, dcols, dw, db, dx):
     """The gradients of ``conv2d_relu_pool_forward``: dw, db and (if ``need_dx``) dx."""

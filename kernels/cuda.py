@@ -324,7 +324,7 @@ def _maxpool_k(x, KH, KW, sh, sw, out, argmax):
     for ki in range(KH):
         for kj in range(KW):
             v = x[n, c, h0 + ki, w0 + kj]
-            if v > best:
+            if v > best or (v != v and best == best):  # the first NaN wins
                 best = v
                 best_at = (h0 + ki) * W + (w0 + kj)
     out[n, c, i, j] = best
@@ -460,15 +460,15 @@ def _relu_k(x, out):
     i = cuda.grid(1)
     if i < x.size:
         v = x[i]
-        out[i] = v if v > 0 else float32(0)
+        out[i] = float32(0) if v <= 0 else v  # relu(NaN) = NaN
 
 
 @cuda.jit
 def _relu_dx_k(x, dout, dx):
-    """Grid: one thread per element; dx[i] = dout[i] if x[i] > 0 else 0."""
+    """Grid: one thread per element; dx[i] = 0 if x[i] <= 0 else dout[i] (NaN passes)."""
     i = cuda.grid(1)
     if i < x.size:
-        dx[i] = dout[i] if x[i] > 0 else float32(0)
+        dx[i] = float32(0) if x[i] <= 0 else dout[i]
 
 
 def relu_forward(x, out):

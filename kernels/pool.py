@@ -1,5 +1,8 @@
 """MaxPool2D kernels, NCHW, no padding (Keras "valid"): OH = (H - KH) // sh + 1.
 
+NaN: a window containing NaN pools to NaN, its argmax the first NaN in
+row-major window order (IEEE max propagates NaN, as PyTorch's max-pool does).
+
 Ties: when several inputs of a window share the maximum, the *first* one in
 row-major order inside the window (smallest row, then smallest column) is the
 argmax and receives the whole gradient; the others receive none. This is a
@@ -40,7 +43,8 @@ def maxpool2d_forward(x, KH, KW, sh, sw, out, argmax):
                 for ki in range(KH):
                     for kj in range(KW):
                         v = xp[h0 + ki, w0 + kj]
-                        if v > best:  # strict: the first maximum wins ties
+                        # strict: the first maximum wins ties; the first NaN wins over numbers
+                        if v > best or (v != v and best == best):
                             best = v
                             best_at = (h0 + ki) * W + (w0 + kj)
                 op[i, j] = best
@@ -54,7 +58,7 @@ def window2x2(xp, sh, sw, relu, op, ap):
     ``relu``: pool relu(xp) instead (kernels/convpool.py), applied once per
     window: relu(max) = max(relu). A window whose maximum is <= 0 is all zeros
     after the ReLU, so its first pixel wins the tie; otherwise the argmax is the
-    same either way. Callers pass a literal True/False (a specialized copy each).
+    same either way. A NaN maximum stays NaN (relu(NaN) = NaN). Callers pass a literal True/False (a specialized copy each).
     """
     W = xp.shape[1]
     OH, OW = op.shape
@@ -66,18 +70,18 @@ def window2x2(xp, sh, sw, relu, op, ap):
             best = xp[r0, c0]
             at = r0 * W + c0
             v = xp[r0, c0 + 1]  # same row-major order as the general loop: ties
-            if v > best:        # keep the first maximum
+            if v > best or (v != v and best == best):  # keep the first maximum (NaN)
                 best = v
                 at = r0 * W + c0 + 1
             v = xp[r0 + 1, c0]
-            if v > best:
+            if v > best or (v != v and best == best):
                 best = v
                 at = (r0 + 1) * W + c0
             v = xp[r0 + 1, c0 + 1]
-            if v > best:
+            if v > best or (v != v and best == best):
                 best = v
                 at = (r0 + 1) * W + c0 + 1
-            if relu and not best > zero:
+            if relu and best <= zero:  # a NaN maximum stays NaN
                 best = zero
                 at = r0 * W + c0
             op[i, j] = best
@@ -103,7 +107,8 @@ def maxpool2d_backward(dout, argmax, out, relu, dx):
         gp = dout[nc // C, nc % C]
         ap = argmax[nc // C, nc % C]
         op = out[nc // C, nc % C]
-        dp[:] = 0
+        for k in range(dp.size):  # a loop: `dp[:] = 0` would be a nested parallel loop
+            dp[k] = 0
         for i in range(OH):
             for j in range(OW):
                 g = gp[i, j]  # then a select, not a branch (20% faster; adding 0 is harmless)
