@@ -83,6 +83,7 @@ def _args() -> dict:
         "conv2d_backward": (dout, wt, ws["cols"], 1, 1, 0, 0, True, ws["gemm_out"],
                             ws["partial"], ws["dcols"], np.empty_like(wt), np.empty_like(b),
                             np.empty_like(x)),
+        "conv2d_sum_group_partials": (ws["partial"], np.empty_like(wt), np.empty_like(b)),
         "conv2d_relu_pool_forward": (x, wt, b, 1, 1, 0, 0, oh, ow, ws["wb"], ws["cols"],
                                      ws["tile"], pout, am),
         "conv2d_relu_pool_backward": (pout, am, pout, wt, ws["cols"], 1, 1, 0, 0, oh, ow,
@@ -95,7 +96,7 @@ def _args() -> dict:
         "dense_forward": (xd, wd, bd, True, np.empty((3, 4))),
         "dense_backward_input": (dy, wd, np.empty_like(xd)),
         "dense_backward_weight": (xd, dy, np.empty_like(wd), np.empty_like(bd)),
-        "softmax_cross_entropy": (logits, labels, np.empty(3), np.empty_like(logits)),
+        "softmax_cross_entropy": (logits, labels, 1 / 3, np.empty(3), np.empty_like(logits)),
         "adam_update": (g.copy(), g, g * 0.1, g * g, 1e-3, 0.9, 0.999, 1e-7),
         "sgd_update": (g.copy(), g, g * 0.1, 0.01, 0.9, 1e-4),
     }
