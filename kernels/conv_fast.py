@@ -135,7 +135,7 @@ def im2col(xn, KH, KW, sh, sw, ph, pw, cols, col0):
                 row = (c * KH + ki) * KW
                 if KW == 3:  # the 3 rows (ki, kj = 0, 1, 2) read the same input row:
                     r0, r1, r2 = cols[row], cols[row + 1], cols[row + 2]  # fill them in one
-                    for i in range(OH):                                  # pass (1.5x faster)
+                    for i in range(OH):                                  # pass
                         src = xn[c, i * sh + ki]
                         base = col0 + i * OW
                         for j in range(OW):

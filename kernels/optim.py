@@ -32,7 +32,7 @@ def flush(x, tiny):
     """x, or 0 if |x| is below the smallest normal float32 (a subnormal).
 
     The zero is ``x - x``, of x's own type (NaN stays NaN). ``x * 0`` would be
-    float64 -- Numba types float32 * int as float64 (NUMBA-NOTES.md) -- and
+    float64 -- Numba types float32 * int as float64 (docs/numba-facts.md) -- and
     that promotion made the whole Adam loop 4x slower (0.16 vs 0.04 ms for the
     reference network's 122,570 parameters on one core).
     """

@@ -263,7 +263,7 @@ def _float64_ops(fn, *args) -> list[str]:
 
 
 def test_float32_optimizer_kernels_do_not_promote_to_float64():
-    """float32 * int is float64 in Numba (NUMBA-NOTES.md): a stray ``x * 0`` in the flush
+    """float32 * int is float64 in Numba (docs/numba-facts.md): a stray ``x * 0`` in the flush
     made the whole Adam loop compute in float64, 4x slower. Check the compiled code."""
     from scratchcnn.kernels import optim
 

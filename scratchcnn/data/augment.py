@@ -9,7 +9,7 @@ They are serial ``@njit(nogil=True, cache=True)`` on purpose:
 * ``nogil=True`` lets loader threads run them while the training thread computes;
 * no ``parallel=True``: loader threads must only call serial kernels (the
   ``workqueue`` threading layer aborts when parallel functions are entered from
-  several Python threads at once; see NUMBA-NOTES.md);
+  several Python threads at once; see docs/numba-facts.md);
 * the randomness (crop offsets, flips) is drawn by NumPy in Python and passed in
   as arrays, so results do not depend on which thread runs which batch.
 
