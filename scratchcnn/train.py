@@ -27,7 +27,7 @@ _LAUNCH = time.perf_counter()  # when this module was imported: the start of a C
 #: Flags that define a run; a resumed run keeps the checkpoint's values.
 RUN_DEFAULTS: dict[str, Any] = {
     "batch_size": 32, "optimizer": "adam", "lr": None, "momentum": 0.9, "seed": 0,
-    "augment": False, "limit_train": None, "limit_test": None,
+    "augment": False, "limit_train": None, "limit_test": None, "dataset": "cifar10",
 }
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 
@@ -67,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     cores = os.cpu_count() or 1
     p = OneLineParser(
         prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train the TensorFlow-tutorial CNN on CIFAR-10 with hand-written "
-                    "Numba kernels, serial or parallel. Leaves a run folder with "
-                    "config.json, metrics.jsonl, checkpoint.npz, best.npz and curves.png.")
+        description="Train the TensorFlow-tutorial CNN on CIFAR-10 (or Fashion-MNIST, MNIST, "
+                    "a folder of your images) with hand-written Numba kernels, serial or "
+                    "parallel. Leaves a run folder with config.json, metrics.jsonl, "
+                    "checkpoint.npz, best.npz and curves.png.")
     p.add_argument("--threads", type=int_at_least(1), default=cores,
                    help="Numba threads for the parallel backend (more than the cores "
                         "works, with a warning)")
@@ -88,9 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="momentum for sgd (default 0.9)")
     p.add_argument("--seed", type=int_at_least(0), default=None,
                    help="seed of the weights, data order and augmentation (default 0)")
+    p.add_argument("--dataset", choices=["cifar10", "fashion-mnist", "mnist", "folder"],
+                   default=None,
+                   help="what to train on (default cifar10, or the --resume/--eval-only "
+                        "checkpoint's); folder: your images in DATA_DIR/train/<class>/ and "
+                        "DATA_DIR/test/<class>/")
+    p.add_argument("--image-size", type=int_at_least(18), default=None,
+                   help="--dataset folder: images are resized and centre-cropped to this "
+                        "square size (default 32)")
     p.add_argument("--data-dir", default=os.environ.get("SCRATCHCNN_DATA", "./data"),
-                   help="folder containing cifar-10-batches-py/ (downloaded there if "
-                        "missing); default $SCRATCHCNN_DATA if set")
+                   help="folder containing cifar-10-batches-py/, mnist/ or fashion-mnist/ "
+                        "(downloaded there if missing), or your train/ and test/ folders; "
+                        "default $SCRATCHCNN_DATA if set")
     p.add_argument("--loader-threads", type=int_at_least(0), default=2,
                    help="threads preparing batches; 0 = in the training thread")
     p.add_argument("--prefetch", type=int_at_least(1), default=4,
@@ -109,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH", default=None,
                    help="continue from a checkpoint.npz (or its run folder)")
     p.add_argument("--eval-only", metavar="PATH", default=None,
-                   help="only evaluate the weights in PATH (checkpoint or best.npz) on the "
-                        "test set")
+                   help="only evaluate the weights in PATH (checkpoint, best.npz or run folder) "
+                        "on the test set, and write a report (confusion matrix, per-class "
+                        "accuracy, predictions grid) into its folder (or --out)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
     return p
@@ -185,6 +196,7 @@ class Trainer:
             self.resume_path = resolve_checkpoint(a.resume)
             self.resume_arrays, progress = read_progress(self.resume_path)
             settings = dict(progress.config["settings"])
+            settings.setdefault("dataset", "cifar10")  # checkpoints from before --dataset
             for k, v in given.items():
                 if v is not None and v != settings[k]:
                     raise ValueError(f"--{k.replace('_', '-')} {v} differs from the resumed "
@@ -213,13 +225,18 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> int:
-        from scratchcnn.data.cifar10 import DataError, load_cifar10
+        from scratchcnn.data.cifar10 import DataError
+        from scratchcnn.data.datasets import dataset_for_run
 
         a = self.args
         try:
-            data = load_cifar10(a.data_dir, download=True)
+            self.data = data = dataset_for_run(
+                a.dataset, a.data_dir, checkpoint=a.eval_only or a.resume,
+                image_size=a.image_size, threads=a.loader_threads,
+                checkpoint_is_run=not a.eval_only)
         except DataError as e:
             fail(str(e))
+        a.dataset = data.name
         if a.eval_only:
             return self.evaluate_only(data)
         return self.train(data)
@@ -228,20 +245,29 @@ class Trainer:
         from scratchcnn.losses import SoftmaxCrossEntropy
         from scratchcnn.model import reference_cnn
 
-        return (reference_cnn(seed=seed, backend=self.args.backend),
+        return (reference_cnn(seed=seed, backend=self.args.backend,
+                              input_shape=self.data.input_shape,
+                              num_classes=self.data.num_classes),
                 SoftmaxCrossEntropy(backend=self.args.backend))
 
     def evaluate_only(self, data) -> int:
         from scratchcnn.checkpoint import model_weights
+        from scratchcnn.data.datasets import weights_file
+        from scratchcnn.report import write_report
 
+        path = weights_file(self.args.eval_only)
         model, loss = self._model(0)
-        model.load_state_dict(model_weights(self.args.eval_only), source=self.args.eval_only)
-        n = self.args.limit_test or len(data.test_labels)
+        model.load_state_dict(model_weights(path), source=str(path))
+        n = min(self.args.limit_test or len(data.test_labels), len(data.test_labels))
         t0 = time.perf_counter()
         test_loss, test_acc = self.evaluate(model, loss, data.test_images[:n],
                                             data.test_labels[:n])
-        print(f"{self.args.eval_only}: test loss {test_loss:.4f}  test accuracy "
-              f"{100 * test_acc:.2f}% on {n} images ({time.perf_counter() - t0:.1f} s)")
+        print(f"{path}: test loss {test_loss:.4f}  test accuracy "
+              f"{100 * test_acc:.2f}% on {n} {data.name} images "
+              f"({time.perf_counter() - t0:.1f} s)")
+        write_report(model, data, Path(self.args.out) if self.args.out else path.parent,
+                     limit=n, batch_size=self.args.eval_batch_size, accuracy=test_acc,
+                     weights=str(path))
         return 0
 
     def evaluate(self, model, loss, images, labels) -> tuple[float, float]:
@@ -306,7 +332,7 @@ class Trainer:
         self.test_x, self.test_y = data.test_images[:n_test], data.test_labels[:n_test]
 
         t0 = time.perf_counter()
-        warm_up(self.model, self.loss, self.opt)
+        warm_up(self.model, self.loss, self.opt, input_shape=data.input_shape)
         compile_seconds = time.perf_counter() - t0
         config = {
             "command": a.command, "args": vars(a), "settings": settings, "train_images": n_train,
@@ -315,12 +341,14 @@ class Trainer:
             "parameters": self.model.num_parameters(), "versions": versions(),
             "machine": machine(), "started": datetime.now().isoformat(timespec="seconds"),
             "resumed_from": str(self.resume_path) if self.resume_path else None,
+            "dataset": data.meta(),
         }
         _write_json(self.out / "config.json", config)
-        progress.config = {"settings": settings}
+        progress.config = {"settings": settings, "dataset": data.meta()}
         self.metrics = _read_metrics(self.out / "metrics.jsonl", up_to=progress.epoch)
         _write_metrics(self.out / "metrics.jsonl", self.metrics)
-        print(f"run folder: {self.out}  |  {n_train} train / {n_test} test images  |  backend "
+        print(f"run folder: {self.out}  |  {data.name}: {n_train} train / {n_test} test images"
+              f"  |  backend "
               f"{a.backend}, {_compute_units(a)}, "
               f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
         return True
