@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-only", metavar="PATH", default=None,
                    help="only evaluate the weights in PATH (checkpoint, best.npz or run folder) "
                         "on the test set, and write a report (confusion matrix, per-class "
-                        "accuracy, predictions grid) into its folder (or --out)")
+                        "accuracy, predictions grid) into its folder")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
     return p
@@ -265,9 +265,8 @@ class Trainer:
         print(f"{path}: test loss {test_loss:.4f}  test accuracy "
               f"{100 * test_acc:.2f}% on {n} {data.name} images "
               f"({time.perf_counter() - t0:.1f} s)")
-        write_report(model, data, Path(self.args.out) if self.args.out else path.parent,
-                     limit=n, batch_size=self.args.eval_batch_size, accuracy=test_acc,
-                     weights=str(path))
+        write_report(model, data, path.parent, limit=n, batch_size=self.args.eval_batch_size,
+                     accuracy=test_acc, weights=str(path))
         return 0
 
     def evaluate(self, model, loss, images, labels) -> tuple[float, float]:

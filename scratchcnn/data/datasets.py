@@ -166,11 +166,15 @@ def dataset_for_run(name: str | None, data_dir: str | os.PathLike[str], *,
     (``--resume``), else its ``best.npz`` (``--eval-only``).
     """
     recorded = None
-    if checkpoint is not None:
+    if checkpoint is not None:  # a path that does not exist is reported by the caller
         p = Path(checkpoint)
-        p = p / "checkpoint.npz" if checkpoint_is_run and p.is_dir() else weights_file(p)
+        if p.is_dir():
+            p = p / "checkpoint.npz" if checkpoint_is_run else weights_file(p)
         if p.is_file():
             recorded = recorded_meta(p)
+    if checkpoint_is_run and recorded and name and name != recorded["name"]:
+        raise DataError(f"--dataset {name} differs from the resumed run's {recorded['name']}; "
+                        f"a resumed run keeps its settings")
     if name is None:
         name = recorded["name"] if recorded else "cifar10"
     if (name == "folder" and image_size is None and recorded
