@@ -8,7 +8,8 @@
   predicted ones, each cell a count of test images (the picture colours each row
   by its share of that class, so rows with different sizes compare);
 * ``per_class.csv``: per class, images, correct, accuracy, and the class it is
-  most often mistaken for; the same table is printed in the terminal;
+  most often mistaken for; the same table is printed in the terminal and
+  written as Markdown (``per_class.md``, which the README includes);
 * ``predictions.png``: the first 32 test images with their true and predicted
   labels and the predicted probability; misclassified ones in red, with a red
   frame.
@@ -76,6 +77,19 @@ def _table(rows: list[dict], overall: float) -> str:
     lines.append(f"{'all':<{width}} {n:>7} {sum(r['correct'] for r in rows):>8} "
                  f"{100 * overall:>8.2f}%")
     return "\n".join(lines)
+
+
+def _markdown(rows: list[dict], overall: float, what: str) -> str:
+    lines = [f"Per-class test accuracy ({what}):", "",
+             "| class | images | correct | accuracy | most often taken for |",
+             "|---|---:|---:|---:|---|"]
+    for r in rows:
+        acc = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else "–"
+        lines.append(f"| {r['class']} | {r['images']:,} | {r['correct']:,} | {acc} | "
+                     f"{r['confused_with']} |")
+    lines.append(f"| **all** | {sum(r['images'] for r in rows):,} | "
+                 f"{sum(r['correct'] for r in rows):,} | {100 * overall:.2f}% | |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_confusion(cm: np.ndarray, names: list[str], path: Path, title: str = "") -> None:
@@ -163,6 +177,7 @@ def write_report(model, data, out_dir: str | os.PathLike[str], *, limit: int | N
             "" if r["accuracy"] is None else f"{r['accuracy']:.4f}", r["confused_with"]]
            for r in rows)]))
     what = f"{data.name}, {n} test images, accuracy {100 * overall:.2f}%"
+    _write_text(out / "per_class.md", _markdown(rows, overall, what))
     plot_confusion(cm, names, out / "confusion.png", title=f"confusion matrix ({what})")
     k = min(GRID_IMAGES, n)
     plot_predictions(x[:k], y[:k], probs[:k], names, out / "predictions.png",
@@ -170,7 +185,7 @@ def write_report(model, data, out_dir: str | os.PathLike[str], *, limit: int | N
                            f"(true label); misclassified in red")
     print(_table(rows, overall))
     files = [out / f for f in ("confusion.png", "confusion.csv", "per_class.csv",
-                               "predictions.png")]
+                               "per_class.md", "predictions.png")]
     print(f"report{' of ' + weights if weights else ''}: wrote "
           f"{', '.join(str(f) for f in files)}")
     return {"confusion": cm, "per_class": rows, "files": files}

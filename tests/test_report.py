@@ -50,6 +50,8 @@ def test_write_report_files_agree(tmp_path, capsys):
     assert [r["class"] for r in per] == ["ant", "bee", "cow"]
     assert sum(int(r["images"]) for r in per) == 40
     assert [int(r["correct"]) for r in per] == np.diag(cm).tolist()
+    md = (tmp_path / "per_class.md").read_text()
+    assert "| ant |" in md and f"{100 * np.trace(cm) / 40:.2f}%" in md
     for name in ("confusion.png", "predictions.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
     # the terminal table: one line per class and a total line with the overall accuracy
