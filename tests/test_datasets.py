@@ -270,7 +270,7 @@ def test_train_eval_resume_on_fashion_mnist(tmp_path):
     common = ["--data-dir", str(tmp_path / "data"), "--no-progress", "--threads", "2",
               "--batch-size", "8"]
     r = _cli("scratchcnn.train", "--dataset", "fashion-mnist", "--epochs", "1", "--out",
-             str(out), *common)
+             str(out), "--augment", *common)  # crop + flip work on 1-channel images too
     assert "fashion-mnist: 40 train / 12 test images" in r.stdout
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["dataset"]["name"] == "fashion-mnist"
@@ -288,6 +288,24 @@ def test_train_eval_resume_on_fashion_mnist(tmp_path):
     assert "on 12 fashion-mnist images" in r.stdout and "Ankle boot" in r.stdout
     for f in ("confusion.png", "confusion.csv", "per_class.csv", "predictions.png", "curves.png"):
         assert (out / f).stat().st_size > 0, f
+
+
+def test_old_checkpoint_without_dataset_resumes_as_cifar10(tmp_path, write_fake_cifar):
+    from scratchcnn.checkpoint import Progress, save_checkpoint
+    from scratchcnn.optim import Adam
+
+    write_fake_cifar(tmp_path / "data", n=8)
+    m = reference_cnn(seed=0, backend="serial")
+    old_settings = {"batch_size": 8, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9,
+                    "seed": 0, "augment": False, "limit_train": None, "limit_test": None}
+    save_checkpoint(tmp_path / "run" / "checkpoint.npz", m, Adam(m.parameters()),
+                    Progress(epoch=1, best_test_acc=0.1, config={"settings": old_settings}))
+    assert recorded_meta(tmp_path / "run" / "checkpoint.npz") == CIFAR10_META
+    r = _cli("scratchcnn.train", "--resume", str(tmp_path / "run"), "--epochs", "2",
+             "--data-dir", str(tmp_path / "data"), "--no-progress", "--threads", "2")
+    assert "cifar10: 40 train / 8 test images" in r.stdout and "epoch   2/2" in r.stdout
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["dataset"] == CIFAR10_META and cfg["settings"]["dataset"] == "cifar10"
 
 
 def test_train_on_an_image_folder(tmp_path):
