@@ -75,7 +75,7 @@ def read_image(path: str | os.PathLike[str], input_shape: tuple[int, int, int]) 
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read; pass a PNG or JPEG "
                          f"file") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt, decompression bomb, ...
         raise ImageError(f"{path}: cannot decode the image ({one_line(e)}); pass an intact "
                          f"PNG or JPEG file") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
