@@ -3,6 +3,7 @@
     python bench/compare.py                                  # serial, parallel@1,2,4,8
     python bench/compare.py --limit-train 2000 --epochs 1 --repeats 1   # quick mode
     python bench/compare.py --reference torch --torch-threads 1 2
+    python bench/compare.py --dataset fashion-mnist                # 1x28x28 images, 60,000
 
 Every configuration trains ``scratchcnn.model.reference_cnn`` (Adam, softmax
 cross-entropy, batch 32) from the same seed on the same batches (one shared
@@ -66,6 +67,8 @@ from scratchcnn.train import int_at_least  # imports no numba: --threads is read
 PROG = "python bench/compare.py"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "compare"
 FULL_TRAIN_IMAGES = 50_000
+#: Training images of each dataset the bench runs on (--dataset), for "TFLOP per full epoch".
+FULL_TRAIN = {"cifar10": 50_000, "fashion-mnist": 60_000, "mnist": 60_000}
 
 
 _positive_int = int_at_least(1)  # the training CLI's flag parsers: same messages
@@ -107,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, nargs="+", default=[1, 2, 4, 8],
                    help="thread counts of the parallel backend (serial always runs)")
     add_common_flags(p)
+    p.add_argument("--dataset", choices=list(FULL_TRAIN), default="cifar10",
+                   help="train on CIFAR-10 (3x32x32) or on Fashion-MNIST/MNIST (1x28x28; the "
+                        "network's first convolution and flatten size follow the shape)")
     p.add_argument("--loader-threads", type=_non_negative_int, default=2,
                    help="loader threads (0 = batches prepared in the training thread)")
     p.add_argument("--augment", action="store_true",
@@ -127,14 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
 # -- the run ---------------------------------------------------------------------------
 
 
-def load_data(data_dir: str, limit_train: int | None, limit_test: int | None):
+def load_data(data_dir: str, limit_train: int | None, limit_test: int | None,
+              dataset: str = "cifar10"):
     """(train_x, train_y, test_x, test_y) uint8 NCHW / int64; exits with one line if absent."""
-    from scratchcnn.data.cifar10 import DataError, load_cifar10
+    from scratchcnn.data.datasets import DataError, load_dataset
 
     try:
-        data = load_cifar10(data_dir, download=False)
+        data = load_dataset(dataset, data_dir, download=False)
     except DataError as e:
-        sys.exit(f"{PROG}: error: {e} (python -m scratchcnn.train --data-dir DIR downloads it)")
+        sys.exit(f"{PROG}: error: {e} (python -m scratchcnn.train --dataset {dataset} "
+                 f"--data-dir DIR downloads it)")
     n_train = min(limit_train or len(data.train_labels), len(data.train_labels))
     n_test = min(limit_test or len(data.test_labels), len(data.test_labels))
     return (data.train_images[:n_train], data.train_labels[:n_train],
@@ -182,10 +190,27 @@ def machine_context(gemm_size: int, torch_version: str | None) -> tuple[dict, di
     return machine, gemm_peak(size=gemm_size)
 
 
+def scratch_run(backend: str, threads: int, seed: int, instrument: bool,
+                input_shape: tuple[int, int, int]):
+    """A ``harness.ScratchRun`` whose network takes ``input_shape`` images (harness builds
+    CIFAR-10's; for another shape the model and its optimizer are rebuilt before timing)."""
+    from harness import LR, ScratchRun, Timers
+
+    from scratchcnn.model import reference_cnn
+    from scratchcnn.optim import Adam
+
+    run = ScratchRun(backend, threads, seed, instrument=False)
+    if tuple(input_shape) != (3, 32, 32):
+        run.model = reference_cnn(seed=seed, backend=backend, input_shape=input_shape)
+        run.opt = Adam(run.model.parameters(), lr=LR, backend=backend)
+    if instrument:
+        run.timers = Timers()
+        run.timers.instrument(run.model, run.loss, run.opt)
+    return run
+
+
 def make_runs(args, names: list[str]) -> list:
     """Fresh models for every configuration (same seed), in ``names`` order."""
-    from harness import ScratchRun
-
     runs = []
     for name in names:
         backend, _, n = name.partition("@")
@@ -194,11 +219,12 @@ def make_runs(args, names: list[str]) -> list:
 
             loader_args = {k: getattr(args, k) for k in (
                 "data_dir", "limit_train", "limit_test", "batch_size", "augment",
-                "loader_threads", "prefetch")}
+                "loader_threads", "prefetch", "dataset")}
             runs.append(TorchProcessRun(int(n), args.seed, loader_args))
         else:
             instrument = args.breakdown == "all" or args.breakdown == name
-            runs.append(ScratchRun(backend, int(n or 1), args.seed, instrument=instrument))
+            runs.append(scratch_run(backend, int(n or 1), args.seed, instrument,
+                                    args.input_shape))
     return runs
 
 
@@ -367,6 +393,14 @@ def _t(sp: dict, fmt: str = ".2f") -> str:
     return f"{sp['median']:{fmt}} ({sp['min']:{fmt}}–{sp['max']:{fmt}})"
 
 
+def _dataset_words(settings: dict) -> str:
+    """"fashion-mnist (1x28x28), " for another dataset than CIFAR-10 (older reports: none)."""
+    name = settings.get("dataset", "cifar10")
+    if name == "cifar10":
+        return ""
+    return f"{name} ({'x'.join(str(v) for v in settings.get('input_shape', []))}), "
+
+
 def markdown(report: dict) -> str:
     """compare.md: the tables, with the command line and machine line on top."""
     s, f = report["settings"], report["flops"]
@@ -375,12 +409,14 @@ def markdown(report: dict) -> str:
         f"`{report['command']}`", "",
         f"Machine: {machine_line(report['machine'], report['gemm_peak'])}.", "",
         *([f"**{w}**", ""] if (w := busy_warning(report["machine"])) else []),
-        f"Data: {s['train_images']:,} training / {s['test_images']:,} test images, "
+        f"Data: {_dataset_words(s)}{s['train_images']:,} training / "
+        f"{s['test_images']:,} test images, "
         f"{s['epochs']} epoch(s) × {s['repeats']} repeat(s), batch {s['batch_size']}, Adam "
         f"(lr 1e-3), seed {s['seed']}, {s['loader_threads']} loader thread(s), augment "
         f"{'on' if s['augment'] else 'off'}. Training FLOPs: "
         f"{f['per_image'] / 1e6:.2f} MFLOP per image, {f['full_epoch'] / 1e12:.3f} TFLOP per "
-        f"50,000-image epoch. Times: median (min–max) over {s['repeats'] * s['epochs']} "
+        f"{s.get('full_train_images', FULL_TRAIN_IMAGES):,}-image epoch. Times: median "
+        f"(min–max) over {s['repeats'] * s['epochs']} "
         f"timed epoch(s), configurations interleaved.", "",
         "| configuration | s / epoch | images / s | speedup vs serial | efficiency "
         "| GFLOP/s | % of peak | data wait s / epoch | final test acc | bit-equal to serial |",
@@ -475,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{PROG}: error: --breakdown {args.breakdown}: expected all, none or one of "
                  f"{', '.join(names)}")
     configure(max(threads), args.omp_wait_policy)
+    # the data first: a missing dataset fails in one line before any warm-up
+    train_x, train_y, test_x, test_y = load_data(args.data_dir, args.limit_train,
+                                                 args.limit_test, args.dataset)
+    args.input_shape = tuple(int(v) for v in train_x.shape[1:])
 
     from harness import BATCH_SIZE, EVAL_BATCH_SIZE, training_flops, warm_up_backend, warm_up_loader
 
@@ -490,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
 
         set_interop_once()
         torch_version = tv()
-        warm["torch"] = warm_up_torch(max(torch_threads))
+        warm["torch"] = warm_up_torch(max(torch_threads), args.input_shape)
     print("JIT warm-up: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in warm.items()),
           flush=True)
     machine, peak = machine_context(args.gemm_size, torch_version)
@@ -499,10 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     if w := busy_warning(machine):
         print(w, file=sys.stderr, flush=True)
 
-    train_x, train_y, test_x, test_y = load_data(args.data_dir, args.limit_train,
-                                                 args.limit_test)
-    flops = training_flops(reference_cnn(seed=0, backend="serial"))
-    flops["full_epoch"] = flops["per_image"] * FULL_TRAIN_IMAGES
+    flops = training_flops(reference_cnn(seed=0, backend="serial",
+                                         input_shape=args.input_shape), args.input_shape)
+    flops["full_epoch"] = flops["per_image"] * FULL_TRAIN[args.dataset]
     flops["per_epoch"] = flops["per_image"] * len(train_y)
     print(f"{len(train_y)} train / {len(test_y)} test images; {flops['per_image'] / 1e6:.2f} "
           f"MFLOP per training image ({flops['full_epoch'] / 1e12:.3f} TFLOP per full epoch); "
@@ -520,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([PROG, *map(shlex.quote, argv)]),
         "started": started,
         "total_seconds": None,
-        "settings": {"train_images": len(train_y), "test_images": len(test_y),
+        "settings": {"dataset": args.dataset, "input_shape": list(args.input_shape),
+                     "full_train_images": FULL_TRAIN[args.dataset],
+                     "train_images": len(train_y), "test_images": len(test_y),
                      "epochs": args.epochs, "repeats": args.repeats,
                      "batch_size": args.batch_size, "default_batch_size": BATCH_SIZE,
                      "seed": args.seed, "loader_threads": args.loader_threads,

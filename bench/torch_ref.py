@@ -40,17 +40,22 @@ def set_interop_once() -> None:
         _INTEROP_SET = True
 
 
-def torch_reference_cnn(seed: int) -> nn.Sequential:
-    """The reference network in torch, initialised with ``reference_cnn(seed)``'s weights."""
+def torch_reference_cnn(seed: int, input_shape: tuple[int, int, int] = (3, 32, 32)
+                        ) -> nn.Sequential:
+    """The reference network in torch, initialised with ``reference_cnn(seed)``'s weights.
+
+    ``input_shape`` (C, H, W): C input channels; the flatten size is our model's.
+    """
     from scratchcnn.model import reference_cnn
 
+    ours = reference_cnn(seed=seed, backend="serial", input_shape=input_shape).state_dict()
+    flat = ours["dense1.weight"].shape[0]
     net = nn.Sequential(
-        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(input_shape[0], 32, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(64 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Linear(flat, 64), nn.ReLU(), nn.Linear(64, 10),
     )
-    ours = reference_cnn(seed=seed, backend="serial").state_dict()
     pairs = {"conv1": net[0], "conv2": net[3], "conv3": net[6], "dense1": net[9],
              "dense2": net[11]}
     with torch.no_grad():
@@ -67,11 +72,12 @@ class TorchRun:
     kind = "torch"
     backend = "torch"
 
-    def __init__(self, threads: int, seed: int, lr: float = LR) -> None:
+    def __init__(self, threads: int, seed: int, lr: float = LR,
+                 input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
         set_interop_once()
         self.threads = threads
         self.name = f"torch@{threads}"
-        self.model = torch_reference_cnn(seed)
+        self.model = torch_reference_cnn(seed, input_shape)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.9, 0.999),
                                     eps=1e-7)
         self.criterion = nn.CrossEntropyLoss()
@@ -114,23 +120,23 @@ class TorchRun:
         return None
 
 
-def warm_up_torch(threads: int) -> dict:
+def warm_up_torch(threads: int, input_shape: tuple[int, int, int] = (3, 32, 32)) -> dict:
     """A few training steps on a throwaway model (oneDNN primitive creation etc.); timed."""
     set_interop_once()
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    net = torch_reference_cnn(0)
+    net = torch_reference_cnn(0, input_shape)
     opt = torch.optim.Adam(net.parameters(), lr=LR, eps=1e-7)
     crit = nn.CrossEntropyLoss()
     for n in (32, 16):  # a full and a partial last batch
-        x, y = torch.zeros(n, 3, 32, 32), torch.zeros(n, dtype=torch.int64)
+        x, y = torch.zeros(n, *input_shape), torch.zeros(n, dtype=torch.int64)
         for _ in range(2):
             opt.zero_grad(set_to_none=True)
             crit(net(x), y).backward()
             opt.step()
     with torch.no_grad():
         net.eval()
-        net(torch.zeros(250, 3, 32, 32))
+        net(torch.zeros(250, *input_shape))
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -200,21 +206,26 @@ def _serve(conn, threads: int, seed: int, loader_args: dict) -> None:
     """Child process: build data, loaders and a TorchRun, then answer the parent's calls."""
     import traceback
 
-    from compare import load_data
     from harness import EVAL_BATCH_SIZE, warm_up_loader
+
+    from scratchcnn.data.datasets import load_dataset
 
     try:
         a = loader_args
-        train_x, train_y, test_x, test_y = load_data(a["data_dir"], a["limit_train"],
-                                                     a["limit_test"])
+        # The same arrays as the parent's compare.load_data (no import of compare: no cycle).
+        data = load_dataset(a.get("dataset", "cifar10"), a["data_dir"], download=False)
+        n_train = min(a["limit_train"] or len(data.train_labels), len(data.train_labels))
+        n_test = min(a["limit_test"] or len(data.test_labels), len(data.test_labels))
+        train_x, train_y = data.train_images[:n_train], data.train_labels[:n_train]
+        test_x, test_y = data.test_images[:n_test], data.test_labels[:n_test]
         train_loader = BatchLoader(train_x, train_y, a["batch_size"], shuffle=True, seed=seed,
                                    augment=a["augment"], threads=a["loader_threads"],
                                    prefetch=a["prefetch"])
         test_loader = BatchLoader(test_x, test_y, EVAL_BATCH_SIZE, shuffle=False,
                                   threads=a["loader_threads"], prefetch=a["prefetch"])
         warm_up_loader()  # the loader's Numba kernels: compiled/loaded before any timing
-        warm_up_torch(threads)
-        run = TorchRun(threads, seed)
+        warm_up_torch(threads, data.input_shape)
+        run = TorchRun(threads, seed, input_shape=data.input_shape)
     except Exception:
         conn.send(("error", traceback.format_exc(limit=3)))
         return

@@ -168,28 +168,89 @@ class Sequential:
         """Load weights saved by ``save`` (or a training checkpoint)."""
         self.load_state_dict(load_npz(path), source=str(path))
 
+    # -- using a trained model ------------------------------------------------
+    def predict(self, x: np.ndarray, batch_size: int = 250) -> np.ndarray:
+        """Class probabilities (softmax of the logits), float32 ``(N, classes)``, for any N.
+
+        ``x``: ``(N, C, H, W)`` images; uint8 is scaled to [0, 1] as the data
+        loader does, floats are used as given. Runs ``batch_size`` images at a time.
+        """
+        from scratchcnn.checks import is_device_array
+
+        x = np.asarray(x)
+        out = []
+        for i in range(0, len(x), max(1, int(batch_size))):
+            logits = self.forward(_as_input(x[i:i + batch_size], self.dtype))
+            logits = logits.copy_to_host() if is_device_array(logits) else logits
+            z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            out.append((e / e.sum(axis=1, keepdims=True)).astype(np.float32))
+        if not out:
+            return np.zeros((0, self.layers[-1].output_shape((1,))[0]), np.float32)
+        return np.concatenate(out)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> tuple[float, float]:
+        """(mean cross-entropy loss, accuracy) on images ``x`` and integer labels ``y``.
+
+        The same evaluation as training uses (``scratchcnn.loop.evaluate``); ``x`` as
+        in :meth:`predict`.
+        """
+        from scratchcnn.loop import evaluate
+        from scratchcnn.losses import SoftmaxCrossEntropy
+
+        x, y = np.asarray(x), np.asarray(y)
+        if len(x) != len(y):
+            raise ValueError(f"evaluate: {len(x)} images but {len(y)} labels")
+        step = max(1, int(batch_size))
+        batches = ((_as_input(x[i:i + step], self.dtype), y[i:i + step])
+                   for i in range(0, len(x), step))
+        return evaluate(self, SoftmaxCrossEntropy(backend=self.backend, dtype=self.dtype),
+                        batches)
+
+
+def _as_input(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A batch as the layers take it: uint8 scaled to [0, 1] (as the loader does), C-order."""
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x, dtype=dtype) / dtype.type(255)
+    return np.ascontiguousarray(x, dtype=dtype)
+
 
 
 
 def reference_cnn(seed: int = 0, backend: str = "parallel", dtype: object = np.float32,
-                  num_classes: int = 10) -> Sequential:
+                  num_classes: int = 10,
+                  input_shape: tuple[int, int, int] = (3, 32, 32)) -> Sequential:
     """The CNN of the TensorFlow/Keras CIFAR-10 tutorial (122,570 parameters).
 
-    Conv 3->32 3x3 + ReLU, MaxPool 2, Conv 32->64 3x3 + ReLU, MaxPool 2,
-    Conv 64->64 3x3 + ReLU, Flatten, Dense 1024->64 + ReLU, Dense 64->10 (logits).
+    Conv C->32 3x3 + ReLU, MaxPool 2, Conv 32->64 3x3 + ReLU, MaxPool 2,
+    Conv 64->64 3x3 + ReLU, Flatten, Dense F->64 + ReLU, Dense 64->``num_classes``
+    (logits), for images of ``input_shape`` = (C, H, W). The flatten size F
+    follows from the shapes: 64 x 4 x 4 = 1024 for CIFAR-10's (3, 32, 32);
+    64 x 3 x 3 = 576 for MNIST/Fashion-MNIST's (1, 28, 28) (93,322 parameters).
     As in the tutorial's Keras code, each ReLU is the ``activation`` of its
     Conv2D/Dense layer (fused into the kernel) rather than a layer of its own.
     Glorot-uniform weights from ``np.random.default_rng(seed)``, zero biases.
     """
+    c, h, w = (int(v) for v in input_shape)
     rng = np.random.default_rng(seed)
     kw = dict(backend=backend, dtype=dtype)
-    return Sequential([
-        Conv2D(3, 32, 3, activation="relu", rng=rng, name="conv1", **kw),
+    convs = [
+        Conv2D(c, 32, 3, activation="relu", rng=rng, name="conv1", **kw),
         MaxPool2D(2, name="pool1", **kw),
         Conv2D(32, 64, 3, activation="relu", rng=rng, name="conv2", **kw),
         MaxPool2D(2, name="pool2", **kw),
         Conv2D(64, 64, 3, activation="relu", rng=rng, name="conv3", **kw),
+    ]
+    shape: tuple[int, ...] = (c, h, w)
+    for layer in convs:
+        shape = layer.output_shape(shape)
+    if min(shape[1:]) < 1:
+        raise ValueError(f"reference_cnn: input_shape {tuple(input_shape)} is too small; the "
+                         f"network needs images of at least 18x18 pixels")
+    flat = int(np.prod(shape))
+    return Sequential([
+        *convs,
         Flatten(name="flatten", **kw),
-        Dense(64 * 4 * 4, 64, activation="relu", rng=rng, name="dense1", **kw),
+        Dense(flat, 64, activation="relu", rng=rng, name="dense1", **kw),
         Dense(64, num_classes, rng=rng, name="dense2", **kw),
     ])

@@ -30,10 +30,11 @@ _LAUNCH = time.perf_counter()  # when this module was imported: the start of a C
 RUN_DEFAULTS: dict[str, Any] = {
     "batch_size": 32, "optimizer": "adam", "lr": None, "momentum": 0.9, "seed": 0,
     "augment": False, "limit_train": None, "limit_test": None, "lr_schedule": "constant",
+    "dataset": "cifar10",
 }
 #: Settings added after the first checkpoints were written: a checkpoint without them
 #: ran with these values.
-LATER_SETTINGS: dict[str, Any] = {"lr_schedule": "constant"}
+LATER_SETTINGS: dict[str, Any] = {"lr_schedule": "constant", "dataset": "cifar10"}
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 LR_SCHEDULES = ("constant", "cosine", "step")
 
@@ -97,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     cores = os.cpu_count() or 1
     p = OneLineParser(
         prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train the TensorFlow-tutorial CNN on CIFAR-10 with hand-written "
-                    "Numba kernels, serial or parallel. Leaves a run folder with "
-                    "config.json, metrics.jsonl, checkpoint.npz, best.npz and curves.png.")
+        description="Train the TensorFlow-tutorial CNN on CIFAR-10 (or Fashion-MNIST, MNIST, "
+                    "a folder of your images) with hand-written Numba kernels, serial or "
+                    "parallel. Leaves a run folder with config.json, metrics.jsonl, "
+                    "checkpoint.npz, best.npz and curves.png.")
     p.add_argument("--threads", type=int_at_least(1), default=cores,
                    help="Numba threads for the parallel backend (more than the cores "
                         "works, with a warning)")
@@ -121,9 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="momentum for sgd (default 0.9; refused with adam)")
     p.add_argument("--seed", type=int_at_least(0), default=None,
                    help="seed of the weights, data order and augmentation (default 0)")
+    p.add_argument("--dataset", choices=["cifar10", "fashion-mnist", "mnist", "folder"],
+                   default=None,
+                   help="what to train on (default cifar10, or the --resume/--eval-only "
+                        "checkpoint's); folder: your images in DATA_DIR/train/<class>/ and "
+                        "DATA_DIR/test/<class>/")
+    p.add_argument("--image-size", type=int_at_least(18), default=None,
+                   help="--dataset folder: images are resized and centre-cropped to this "
+                        "square size (default 32)")
     p.add_argument("--data-dir", default=str(default_data_dir()),
-                   help="folder containing cifar-10-batches-py/ (downloaded there if "
-                        "missing); default $SCRATCHCNN_DATA if set")
+                   help="folder containing cifar-10-batches-py/, mnist/ or fashion-mnist/ "
+                        "(downloaded there if missing), or your train/ and test/ folders; "
+                        "default $SCRATCHCNN_DATA if set")
     p.add_argument("--loader-threads", type=int_at_least(0), default=2,
                    help="threads preparing batches; 0 = in the training thread")
     p.add_argument("--prefetch", type=int_at_least(1), default=4,
@@ -146,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH", default=None,
                    help="continue from a checkpoint.npz (or its run folder)")
     p.add_argument("--eval-only", metavar="PATH", default=None,
-                   help="only evaluate the weights in PATH (checkpoint or best.npz) on the "
-                        "test set")
+                   help="only evaluate the weights in PATH (checkpoint, best.npz or run folder) "
+                        "on the test set, and write a report (confusion matrix, per-class "
+                        "accuracy, predictions grid) into its folder")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars, the download's included (they are also off when "
                         "stderr is not a terminal)")
@@ -425,14 +437,19 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> int:
-        from scratchcnn.data.cifar10 import DataError, load_cifar10
+        from scratchcnn.data.cifar10 import DataError
+        from scratchcnn.data.datasets import dataset_for_run
 
         a = self.args
         try:
             # progress: a "Downloading" line, and a bar only if stderr is a terminal
-            data = load_cifar10(a.data_dir, download=True, progress=not a.no_progress)
+            self.data = data = dataset_for_run(
+                a.dataset, a.data_dir, checkpoint=a.eval_only or a.resume,
+                image_size=a.image_size, threads=a.loader_threads,
+                checkpoint_is_run=not a.eval_only, progress=not a.no_progress)
         except DataError as e:
             fail(str(e))
+        a.dataset = data.name
         self._data_ready()
         if a.eval_only:
             return self.evaluate_only(data)
@@ -442,20 +459,30 @@ class Trainer:
         from scratchcnn.losses import SoftmaxCrossEntropy
         from scratchcnn.model import reference_cnn
 
-        return (reference_cnn(seed=seed, backend=self.args.backend),
+        return (reference_cnn(seed=seed, backend=self.args.backend,
+                              input_shape=self.data.input_shape,
+                              num_classes=self.data.num_classes),
                 SoftmaxCrossEntropy(backend=self.args.backend))
 
     def evaluate_only(self, data) -> int:
         from scratchcnn.checkpoint import model_weights
+        from scratchcnn.data.datasets import weights_file
+        from scratchcnn.report import write_report
 
+        path = weights_file(self.args.eval_only)
         model, loss = self._model(0)
-        model.load_state_dict(model_weights(self.args.eval_only), source=self.args.eval_only)
-        n = self.args.limit_test or len(data.test_labels)
+        model.load_state_dict(model_weights(path), source=str(path))
+        n = min(self.args.limit_test or len(data.test_labels), len(data.test_labels))
         t0 = time.perf_counter()
         test_loss, test_acc = self.evaluate(model, loss, data.test_images[:n],
                                             data.test_labels[:n])
-        self._say(f"{self.args.eval_only}: test loss {test_loss:.4f}  test accuracy "
-              f"{100 * test_acc:.2f}% on {n} images ({time.perf_counter() - t0:.1f} s)")
+        self._say(f"{path}: test loss {test_loss:.4f}  test accuracy "
+                  f"{100 * test_acc:.2f}% on {n} {data.name} images "
+                  f"({time.perf_counter() - t0:.1f} s)")
+        if self.writer:
+            write_report(model, data, path.parent, limit=n,
+                         batch_size=self.args.eval_batch_size, accuracy=test_acc,
+                         weights=str(path))
         return 0
 
     def evaluate(self, model, loss, images, labels) -> tuple[float, float]:
@@ -534,7 +561,7 @@ class Trainer:
 
         ensure_compiled(a.backend, say=lambda m: self._say(m, flush=True),
                         progress=self.show_progress)
-        warm_up(self.model, self.loss, self.opt)
+        warm_up(self.model, self.loss, self.opt, input_shape=data.input_shape)
         compile_seconds = time.perf_counter() - t0
         config = {
             "command": a.command, "args": vars(a), "settings": settings, "train_images": n_train,
@@ -543,14 +570,15 @@ class Trainer:
             "parameters": self.model.num_parameters(), "versions": versions(),
             "machine": machine(), "started": datetime.now().isoformat(timespec="seconds"),
             "resumed_from": str(self.resume_path) if self.resume_path else None,
+            "dataset": data.meta(),
             **self._config_extra(),
         }
-        progress.config = {"settings": settings}
+        progress.config = {"settings": settings, "dataset": data.meta()}
         self.metrics = resumed_metrics if self.resume_path is not None else []
         if self.writer:
             self._write_start(config)
-        self._say(f"run folder: {self.out}  |  {n_train} train / {n_test} test images  |  "
-                  f"backend {a.backend}, {_compute_units(a)}, "
+        self._say(f"run folder: {self.out}  |  {data.name}: {n_train} train / {n_test} test "
+                  f"images  |  backend {a.backend}, {_compute_units(a)}, "
                   f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
         return True
 
@@ -750,6 +778,8 @@ def _checked_settings(settings: dict | None, source: object) -> dict:
         raise bad("augment", "true or false")
     if settings["lr_schedule"] not in LR_SCHEDULES:
         raise bad("lr_schedule", f"one of {list(LR_SCHEDULES)}")
+    if settings["dataset"] not in ("cifar10", "fashion-mnist", "mnist", "folder"):
+        raise bad("dataset", "cifar10, fashion-mnist, mnist or folder")
     for key in ("limit_train", "limit_test"):
         if settings[key] is not None and not count(settings[key], 1):
             raise bad(key, "null or an integer >= 1")

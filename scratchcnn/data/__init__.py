@@ -7,6 +7,8 @@ Public API::
     BatchLoader(images, labels, batch_size, *, shuffle, seed, augment, threads,
                 prefetch, drop_last).epoch(e) -> iterator of (x float32, y int64)
     DataError                                          # every data problem; one-line message
+    load_dataset(name, data_dir) -> Dataset            # cifar10, fashion-mnist, mnist, folder
+    read_image(path, input_shape) -> uint8 (C, H, W)   # one image file, resized and cropped
 """
 
 from .cifar10 import (
@@ -19,20 +21,26 @@ from .cifar10 import (
     read_batch,
     read_meta,
 )
+from .datasets import DATASETS, Dataset, load_dataset
 from .download import CIFAR10_MD5, CIFAR10_URL, download_cifar10
+from .folder import read_image
 from .loader import BatchLoader
 
 __all__ = [
     "BATCH_FOLDER",
     "CIFAR10_MD5",
     "CIFAR10_URL",
+    "DATASETS",
     "LABEL_NAMES",
     "BatchLoader",
     "Cifar10",
     "DataError",
+    "Dataset",
     "default_data_dir",
     "download_cifar10",
     "load_cifar10",
+    "load_dataset",
     "read_batch",
+    "read_image",
     "read_meta",
 ]
