@@ -33,8 +33,10 @@ def data_loop_nest() -> dict:
 
 def data_im2col() -> dict:
     """1 channel, 4x4 input 1..16, 3x3 kernel, no padding, stride 1: the 9x4 matrix."""
-    sys.path.insert(0, str(ROOT))
-    from kernels.conv_fast import im2col
+    # the installed package's name: a top-level "kernels" import would compile (and cache)
+    # a second copy of the module under another name
+    from scratchcnn.kernels.conv_fast import im2col
+
     x = np.arange(1, 17, dtype=np.float32).reshape(1, 4, 4)
     cols = np.zeros((9, 4), dtype=np.float32)
     im2col(x, 3, 3, 1, 1, 0, 0, cols, 0)
