@@ -52,26 +52,9 @@ def maxpool2d_forward(x, KH, KW, sh, sw, out, argmax):
 
 
 @helper
-def first_nan_2x2(xp, r0, c0, at):
-    """The flat index of the first NaN of the 2x2 window at (r0, c0) in row-major order,
-    else ``at`` (a window whose sum was NaN from +inf and -inf holds no NaN)."""
-    W = xp.shape[1]
-    for k in range(4):
-        r, c = r0 + k // 2, c0 + k % 2
-        if xp[r, c] != xp[r, c]:
-            return r * W + c
-    return at
-
-
-@helper
-def window2x2(xp, sh, sw, relu, op, ap):
-    """The 2x2 window (the network's only pool), unrolled: 4x faster than the loop.
-
-    ``relu``: pool relu(xp) instead (kernels/convpool.py), applied once per
-    window: relu(max) = max(relu). A window whose maximum is <= 0 is all zeros
-    after the ReLU, so its first pixel wins the tie; otherwise the argmax is the
-    same either way. A NaN maximum stays NaN (relu(NaN) = NaN). Callers pass a literal True/False (a specialized copy each).
-    """
+def window2x2_nan(xp, sh, sw, relu, op, ap):
+    """``window2x2`` for a plane that holds a NaN (or an infinity): every comparison with
+    a NaN is false, so each window also asks whether it holds one; the first NaN wins."""
     W = xp.shape[1]
     OH, OW = op.shape
     zero = xp.dtype.type(0)
@@ -79,32 +62,69 @@ def window2x2(xp, sh, sw, relu, op, ap):
         r0 = i * sh
         for j in range(OW):
             c0 = j * sw
-            a, b = xp[r0, c0], xp[r0, c0 + 1]  # row-major window order: ties keep
-            c, d = xp[r0 + 1, c0], xp[r0 + 1, c0 + 1]  # the first maximum
-            best = a
+            best = xp[r0, c0]
             at = r0 * W + c0
-            if b > best:
-                best = b
-                at = r0 * W + c0 + 1
-            if c > best:
-                best = c
-                at = (r0 + 1) * W + c0
-            if d > best:
-                best = d
-                at = (r0 + 1) * W + c0 + 1
-            # A NaN makes every comparison false, so the four above would hide it: the sum
-            # is NaN when the window holds a NaN (or infinities of both signs), and that
-            # rare window takes the exact rule in a helper of its own (kept out of this
-            # loop, whose code it would slow down): the first NaN wins.
-            s = a + b + c + d
-            if s != s:
-                at = first_nan_2x2(xp, r0, c0, at)
-                best = xp[at // W, at % W]
+            for k in range(1, 4):
+                r, c = r0 + k // 2, c0 + k % 2
+                v = xp[r, c]
+                if v > best or (v != v and best == best):  # first maximum; first NaN
+                    best = v
+                    at = r * W + c
             if relu and best <= zero:  # a NaN maximum stays NaN
                 best = zero
                 at = r0 * W + c0
             op[i, j] = best
             ap[i, j] = at
+
+
+@helper
+def window2x2(xp, sh, sw, relu, op, ap):
+    """The 2x2 window (the network's only pool), unrolled.
+
+    ``relu``: pool relu(xp) instead (kernels/convpool.py), applied once per
+    window: relu(max) = max(relu). A window whose maximum is <= 0 is all zeros
+    after the ReLU, so its first pixel wins the tie; otherwise the argmax is the
+    same either way. Callers pass a literal True/False (a specialized copy each).
+
+    NaN: a comparison with a NaN is false, so the plain comparisons below would
+    hide it. The loop adds (s - s) for each window's sum s to ``check``, which
+    stays 0 unless a window holds a NaN or an infinity (no branch in the loop:
+    a branch there made the whole pool 3x slower); such a plane is pooled again
+    by ``window2x2_nan``, where a NaN window pools to NaN at its first NaN.
+    """
+    W = xp.shape[1]
+    OH, OW = op.shape
+    zero = xp.dtype.type(0)
+    check = zero
+    for i in range(OH):
+        r0 = i * sh
+        for j in range(OW):
+            c0 = j * sw
+            best = xp[r0, c0]
+            at = r0 * W + c0
+            v = xp[r0, c0 + 1]  # same row-major order as the general loop: ties
+            s = best + v
+            if v > best:        # keep the first maximum
+                best = v
+                at = r0 * W + c0 + 1
+            v = xp[r0 + 1, c0]
+            s += v
+            if v > best:
+                best = v
+                at = (r0 + 1) * W + c0
+            v = xp[r0 + 1, c0 + 1]
+            s += v
+            if v > best:
+                best = v
+                at = (r0 + 1) * W + c0 + 1
+            check += s - s
+            if relu and best <= zero:
+                best = zero
+                at = r0 * W + c0
+            op[i, j] = best
+            ap[i, j] = at
+    if check != check:
+        window2x2_nan(xp, sh, sw, relu, op, ap)
 
 
 def maxpool2d_backward(dout, argmax, out, relu, dx):
