@@ -87,10 +87,10 @@ def window2x2(xp, sh, sw, relu, op, ap):
     same either way. Callers pass a literal True/False (a specialized copy each).
 
     NaN: a comparison with a NaN is false, so the plain comparisons below would
-    hide it. The loop adds (s - s) for each window's sum s to ``check``, which
-    stays 0 unless a window holds a NaN or an infinity (no branch in the loop:
-    a branch there made the whole pool 3x slower); such a plane is pooled again
-    by ``window2x2_nan``, where a NaN window pools to NaN at its first NaN.
+    hide it. A second loop adds x - x over the pooled pixels into ``check``, which
+    stays 0 unless one is a NaN or an infinity (checks inside the window loop made
+    the pool up to 3x slower); such a plane is pooled again by ``window2x2_nan``,
+    where a NaN window pools to NaN at its first NaN.
     """
     W = xp.shape[1]
     OH, OW = op.shape
@@ -103,26 +103,32 @@ def window2x2(xp, sh, sw, relu, op, ap):
             best = xp[r0, c0]
             at = r0 * W + c0
             v = xp[r0, c0 + 1]  # same row-major order as the general loop: ties
-            s = best + v
             if v > best:        # keep the first maximum
                 best = v
                 at = r0 * W + c0 + 1
             v = xp[r0 + 1, c0]
-            s += v
             if v > best:
                 best = v
                 at = (r0 + 1) * W + c0
             v = xp[r0 + 1, c0 + 1]
-            s += v
             if v > best:
                 best = v
                 at = (r0 + 1) * W + c0 + 1
-            check += s - s
             if relu and best <= zero:
                 best = zero
                 at = r0 * W + c0
             op[i, j] = best
             ap[i, j] = at
+    c1 = c2 = c3 = zero  # NaN or inf anywhere pooled: x - x is NaN there, else 0
+    for i in range(OH):      # (four sums: independent additions run side by side)
+        top, bottom = xp[i * sh], xp[i * sh + 1]
+        for j in range(OW):
+            c0 = j * sw
+            check += top[c0] - top[c0]
+            c1 += top[c0 + 1] - top[c0 + 1]
+            c2 += bottom[c0] - bottom[c0]
+            c3 += bottom[c0 + 1] - bottom[c0 + 1]
+    check += c1 + c2 + c3
     if check != check:
         window2x2_nan(xp, sh, sw, relu, op, ap)
 
