@@ -248,14 +248,15 @@ def run_ladder(args: argparse.Namespace) -> None:
         print(layer, kname, {k: round(row[k]["median_ms"], 3) for k in builds}, flush=True)
     info = machine()
     cols = ["serial", "parallel@1", f"parallel@{nt}"]
+    load = os.getloadavg()[0]
     lines = [
         f"Convolution ladder: `python bench/kernels.py --ladder --threads {nt} --batch "
         f"{args.batch} --repeats {args.repeats}`. {info['cpu_model']}, {info['cpu_count']} "
         f"cores, threading layer {info['numba_threading_layer']}, Numba "
         f"{versions()['numba']}. Memory bandwidth (one thread, 256 MiB array copy, read + "
         f"write): {bandwidth:.1f} GB/s. Median ms of {args.repeats} calls, and GFLOP/s (or "
-        "GB/s for the memory-bound rows, marked) from the median. Provisional: measured on a "
-        "machine shared with other jobs.",
+        "GB/s for the memory-bound rows, marked) from the median. 1-minute load average "
+        f"at the end: {load:.1f} (the run itself adds about 1; more means other work).",
         "",
         "| layer | rung | kernel | " + " | ".join(f"{c} ms" for c in cols)
         + " | " + " | ".join(f"{c} rate" for c in cols) + " |",
