@@ -20,8 +20,13 @@ each configuration in turn (the order rotates every round, so that a change in
 the machine's load hits every configuration alike) trains ``--epochs`` epochs
 quiet, then ``--epochs`` epochs busy: a neighbour process (``python -c 'while
 True: pass'``, unpinned, normal priority: what another user's job looks like)
-runs for exactly those epochs. The neighbour is measured: its CPU seconds
-(``os.wait4`` rusage) over the phase's wall time = the share of a core it
+runs for exactly those epochs. Before every quiet phase the machine is left
+idle for ``--settle`` seconds: "quiet" means a machine that has been quiet a
+moment, not one where the previous configuration's neighbour or epoch ended a
+millisecond ago (the ``cli`` governor would still be counting that as a
+neighbour; its reaction time to a *new* neighbour is measured by the busy
+phases, which start timing as soon as the neighbour runs). The neighbour is
+measured: its CPU seconds (``os.wait4`` rusage) over the phase's wall time = the share of a core it
 really got. Only the training loop is timed (as ``scratchcnn.train`` does);
 the idle children wait on a pipe. The load average is recorded at the start
 of every phase; ``cli`` phases list the governor's thread-count changes.
@@ -83,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=pos, default=32)
     p.add_argument("--loader-threads", type=int_at_least(0), default=2)
     p.add_argument("--prefetch", type=pos, default=4)
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds of nothing before each quiet phase (see the docstring)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
@@ -186,6 +193,9 @@ def summarize(rows: list[dict]) -> list[dict]:
     for s in out:
         if serial:
             s["busy_vs_serial_busy"] = s["busy_median"] / serial["busy_median"]
+        par2 = by.get("parallel@2")
+        if par2:
+            s["quiet_vs_parallel2_quiet"] = s["quiet_median"] / par2["quiet_median"]
         torch2 = by.get("torch@2")
         if torch2:
             s["busy_vs_torch2_busy"] = s["busy_median"] / torch2["busy_median"]
@@ -202,17 +212,20 @@ def render(report: dict) -> str:
         f"{m['loadavg_start'][2]:.2f}, at end {m['loadavg_end'][0]:.2f}.  ",
         f"{report['settings']['train_images']} training images per epoch, "
         f"{report['settings']['epochs']} epoch(s) per phase, {report['settings']['rounds']} "
-        "quiet/busy rounds. Neighbour: `python -c 'while True: pass'`, unpinned.", "",
+        "quiet/busy rounds. Neighbour: `python -c 'while True: pass'`, unpinned; "
+        f"{report['settings'].get('settle', 0):g} s idle before each quiet phase.", "",
         "| configuration | quiet s (median) | busy s (median) | busy / quiet | "
-        "busy / serial busy | busy / torch@2 busy | neighbour got (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "busy / serial busy | busy / torch@2 busy | quiet / parallel@2 quiet | "
+        "neighbour got (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in report["summary"]:
         def r(key, s=s):
             return f"{s[key]:.2f}" if key in s else "-"
         lines.append(f"| `{s['config']}` | {s['quiet_median']:.2f} | {s['busy_median']:.2f} | "
                      f"{s['slowdown']:.2f} | {r('busy_vs_serial_busy')} | "
-                     f"{r('busy_vs_torch2_busy')} | {s['neighbour_core_share']:.2f} |")
+                     f"{r('busy_vs_torch2_busy')} | {r('quiet_vs_parallel2_quiet')} | "
+                     f"{s['neighbour_core_share']:.2f} |")
     lines += ["", "All epoch times (s), in phase order:", ""]
     for row in report["configurations"]:
         ph = "; ".join(f"{'busy' if p['busy'] else 'quiet'} "
@@ -262,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             for row in order:
                 w = workers[row["config"]]
                 for busy in (False, True):
+                    if not busy:
+                        time.sleep(args.settle)
                     load = os.getloadavg()
                     nb = _start_neighbour() if busy else None
                     if nb:
@@ -307,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
         "settings": {"train_images": min(n_train, 50_000), "epochs": args.epochs,
                      "rounds": args.rounds, "batch_size": args.batch_size,
-                     "loader_threads": args.loader_threads, "seed": args.seed},
+                     "loader_threads": args.loader_threads, "seed": args.seed,
+                     "settle": args.settle},
         "configurations": rows, "summary": summarize(rows),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""bench/neighbour.py, bench/startup.py, bench/tta.py: flags and report structure only (the
-real runs take minutes on a quiet machine; no timing is asserted anywhere)."""
+"""bench/neighbour.py, bench/startup.py, bench/tta.py, bench/peak_gap.py: flags, arithmetic
+and report structure only (the real runs take minutes on a quiet machine; no timing is
+asserted anywhere)."""
 
 from __future__ import annotations
 
@@ -37,17 +38,20 @@ def test_neighbour_configs_and_report():
             {"busy": True, "epoch_seconds": [busy], "loadavg": [1.0, 0.5, 0.2],
              "core_share": 0.9}]}
 
-    rows = [row("serial", 10.0, 11.0), row("cli", 6.0, 12.0), row("torch@2", 5.0, 40.0)]
+    rows = [row("serial", 10.0, 11.0), row("cli", 6.0, 12.0), row("torch@2", 5.0, 40.0),
+            row("parallel@2", 5.0, 30.0)]
     summary = {s["config"]: s for s in neighbour.summarize(rows)}
     assert summary["cli"]["busy_vs_serial_busy"] == pytest.approx(12 / 11)
     assert summary["cli"]["busy_vs_torch2_busy"] == pytest.approx(12 / 40)
     assert summary["cli"]["slowdown"] == pytest.approx(2.0)
+    assert summary["cli"]["quiet_vs_parallel2_quiet"] == pytest.approx(6 / 5)
     report = {"command": "x", "started": "t", "machine": {
         "cpu_model": "cpu", "cpu_count": 2, "loadavg_start": [0, 0, 0], "loadavg_end": [0, 0, 0]},
         "settings": {"train_images": 10, "epochs": 1, "rounds": 1},
         "configurations": rows, "summary": list(summary.values())}
     md = neighbour.render(report)
-    assert md.count("\n| `") == 3 and "busy / serial busy" in md
+    assert md.count("\n| `") == 4 and "busy / serial busy" in md
+    assert "| 1.20 |" in md  # cli quiet / parallel@2 quiet
 
 
 def test_tta_report(tmp_path):
@@ -80,3 +84,57 @@ def test_startup_report():
                             "process_seconds": 4.0, "loadavg": [1, 1, 1]}]}
     md = startup.render(rep)
     assert "| conv2d_forward | 7.00 | 3.00 | 1 |" in md and "| cli-warm | 1.5 |" in md
+
+
+def _compare_report() -> dict:
+    """A two-layer compare.json: 'conv1 forward' 1 GFLOP per epoch, the rest without FLOPs."""
+    def config(name, threads, conv, opt):
+        return {"name": name, "threads": threads,
+                "breakdown_seconds": {"conv1 forward": conv, "optimizer": opt}}
+
+    return {"command": "python bench/compare.py", "settings": {"train_images": 1000},
+            "gemm_peak": {"one_thread_gflops": 10.0, "all_threads": 2,
+                          "all_threads_gflops": 20.0},
+            "flops": {"per_layer": {"conv1": {"forward": 1e6, "backward": 0}}},
+            "configurations": [config("serial", 1, 0.4, 0.1), config("parallel@2", 2, 0.2, 0.1),
+                               {"name": "torch@1", "threads": 1, "breakdown_seconds": {}}]}
+
+
+def test_peak_gap_arithmetic(tmp_path):
+    import json
+
+    import peak_gap
+
+    serial, par = peak_gap.analyse(_compare_report())
+    # serial: 1e9 FLOPs at 10 GFLOP/s = 0.1 s at the peak; conv1 took 0.4 s -> gap 0.3 s
+    conv = next(r for r in serial["rows"] if r["part"] == "conv1 forward")
+    assert conv["seconds_at_peak"] == pytest.approx(0.1)
+    assert conv["gap_seconds"] == pytest.approx(0.3)
+    assert conv["peak_fraction"] == pytest.approx(0.25)
+    opt = next(r for r in serial["rows"] if r["part"] == "optimizer")
+    assert opt["flops"] == 0 and opt["gap_seconds"] == pytest.approx(0.1)  # all gap
+    assert serial["gap_seconds"] == pytest.approx(0.5 - 0.1)
+    assert sum(r["gap_share"] for r in serial["rows"]) == pytest.approx(1.0)
+    assert [r["part"] for r in serial["rows"]] == ["conv1 forward", "optimizer"]  # biggest first
+    # parallel@2 against the 2-thread peak: 1e9 / 20e9 = 0.05 s
+    assert par["seconds_at_peak"] == pytest.approx(0.05)
+    assert par["peak_fraction"] == pytest.approx(1e9 / 0.3 / 20e9)
+    src = tmp_path / "compare.json"
+    src.write_text(json.dumps(_compare_report()))
+    assert peak_gap.main([str(src), "--out", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "peak_gap.md").read_text()
+    assert "**serial**" in md and "**parallel@2**" in md and "| optimizer |" in md
+
+
+def test_peak_gap_refuses_a_report_without_breakdown(tmp_path, capsys):
+    import json
+
+    import peak_gap
+
+    rep = _compare_report()
+    rep["configurations"] = rep["configurations"][2:]
+    src = tmp_path / "compare.json"
+    src.write_text(json.dumps(rep))
+    assert peak_gap.main([str(src)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "compare.json" in err and "breakdown" in err
