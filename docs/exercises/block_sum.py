@@ -1,7 +1,10 @@
 """Exercise 9 (CUDA): a block reduction (your file: edit it). No GPU needed:
 
     SCRATCHCNN_EXERCISE=1 NUMBA_ENABLE_CUDASIM=1 \
-        python -m pytest -q tests/cuda/test_exercise_block_sum.py
+        python -m pytest -q tests/cuda/test_exercise_block_sum.py   # red now, green when fixed
+
+When done, ``git checkout -- docs/exercises/`` before running the full test
+suite: it checks that this file is still the (failing) skeleton.
 
 ``block_sum[blocks, TPB](x, out)`` must add all of ``x`` into ``out[0]``. Each
 block loads TPB values into shared memory; the block's threads should then add

@@ -2,6 +2,9 @@
 
     SCRATCHCNN_EXERCISE=1 python -m pytest -q tests/test_exercises.py   # red now, green when fixed
 
+When done, ``git checkout -- docs/exercises/`` before running the full test
+suite: it checks that this file is still the (failing) skeleton.
+
 dW[i, o] = sum over the batch n of x[n, i] * dy[n, o]. The kernel below splits
 the batch loop ``n`` over threads, and every thread adds into every element of
 ``dw``: a data race (see docs/guide.md, section 2). Keep it parallel (a
