@@ -2,7 +2,9 @@
 
     python bench/kernels.py                 # batch 32, parallel on all cores
     python bench/kernels.py --threads 2 --repeats 30 --json kernels.json
-    python bench/kernels.py --ladder        # the convolution ladder -> docs/results/ladder.*
+    python bench/kernels.py --ladder        # the convolution ladder -> bench/results/ladder.*
+    python bench/kernels.py --ladder --threads 2 --batch 32 --repeats 20 --out docs/results
+                                            # ... the committed docs/results/ladder.*
 
 For each kernel at the reference network's shapes it times the serial and the
 parallel build alternately (so machine noise hits both alike), reports the
@@ -30,6 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gemm_peak, machine_summary  # noqa: E402
 
+#: --ladder writes here unless --out says otherwise (gitignored, as compare.py's and
+#: loader.py's results): a rerun must not overwrite the committed docs/results/ladder.*.
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -41,7 +47,11 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--ladder", action="store_true",
                    help="time every rung of the convolution ladder (docs/ladder.md) serial, "
-                        "parallel@1 and parallel@threads; write docs/results/ladder.md/.json")
+                        "parallel@1 and parallel@threads; write ladder.md/.json to --out")
+    p.add_argument("--out", default=None,
+                   help="with --ladder: the folder for ladder.md and ladder.json; None means "
+                        "bench/results/, which git ignores (the committed copy is in "
+                        "docs/results/)")
     return p.parse_args()
 
 
@@ -213,7 +223,7 @@ def copy_bandwidth(mbytes: int = 256, repeats: int = 5) -> float:
 
 
 def run_ladder(args: argparse.Namespace) -> None:
-    """Time every rung serial, parallel@1 and parallel@threads; write docs/results/ladder.*."""
+    """Time every rung serial, parallel@1 and parallel@threads; write ladder.* to --out."""
     import numba
 
     from scratchcnn.runinfo import machine, versions
@@ -223,6 +233,7 @@ def run_ladder(args: argparse.Namespace) -> None:
     from scratchcnn.kernels import parallel, serial
 
     bandwidth = copy_bandwidth()
+    peak = gemm_peak()  # a few seconds: the machine's state, comparable with other results
     nt = args.threads
     rows = []
     for layer, rung, kname, kargs, flops, nbytes in ladder_cases(args.batch):
@@ -249,12 +260,16 @@ def run_ladder(args: argparse.Namespace) -> None:
     info = machine()
     cols = ["serial", "parallel@1", f"parallel@{nt}"]
     load = os.getloadavg()[0]
+    out_flag = f" --out {args.out}" if args.out is not None else ""
     lines = [
         f"Convolution ladder: `python bench/kernels.py --ladder --threads {nt} --batch "
-        f"{args.batch} --repeats {args.repeats}`. {info['cpu_model']}, {info['cpu_count']} "
-        f"cores, threading layer {info['numba_threading_layer']}, Numba "
+        f"{args.batch} --repeats {args.repeats}{out_flag}`. {info['cpu_model']}, "
+        f"{info['cpu_count']} cores, threading layer {info['numba_threading_layer']}, Numba "
         f"{versions()['numba']}. Memory bandwidth (one thread, 256 MiB array copy, read + "
-        f"write): {bandwidth:.1f} GB/s. Median ms of {args.repeats} calls, and GFLOP/s (or "
+        f"write): {bandwidth:.1f} GB/s. float32 GEMM peak (NumPy BLAS, {peak['size']}²): "
+        f"{peak['one_thread_gflops']:.0f} GFLOP/s on 1 thread, "
+        f"{peak['all_threads_gflops']:.0f} on {peak['all_threads']} threads. "
+        f"Median ms of {args.repeats} calls, and GFLOP/s (or "
         "GB/s for the memory-bound rows, marked) from the median. 1-minute load average "
         f"at the end: {load:.1f} (the run itself adds about 1; more means other work).",
         "",
@@ -269,11 +284,13 @@ def run_ladder(args: argparse.Namespace) -> None:
                      + " | ".join(f"{r[c]['rate']:.1f}{unit}" for c in cols) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
-    res = Path(__file__).resolve().parent.parent / "docs" / "results"
+    res = Path(args.out) if args.out is not None else DEFAULT_OUT
+    res.mkdir(parents=True, exist_ok=True)
     (res / "ladder.md").write_text(text)
     (res / "ladder.json").write_text(json.dumps(
         {"args": vars(args), "machine": info, "versions": versions(),
-         "copy_bandwidth_gbs": bandwidth, "rows": rows}, indent=2) + "\n")
+         "copy_bandwidth_gbs": bandwidth, "gemm_peak": peak, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {res / 'ladder.md'} and ladder.json", flush=True)
 
 
 def main() -> None:
