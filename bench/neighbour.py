@@ -32,7 +32,8 @@ the idle children wait on a pipe. The load average is recorded at the start
 of every phase; ``cli`` phases list the governor's thread-count changes.
 
 Writes neighbour.json and neighbour.md to ``--out`` (default
-docs/results/neighbour/). One epoch runs at a time, never two at once.
+bench/results/neighbour/, gitignored; the committed copy was written with
+``--out docs/results/neighbour``). One epoch runs at a time, never two at once.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 PROG = "python bench/neighbour.py"
-DEFAULT_OUT = HERE.parent / "docs" / "results" / "neighbour"
+DEFAULT_OUT = HERE / "results" / "neighbour"  # gitignored
 DEFAULT_CONFIGS = ["serial", "cli", "parallel@2", "parallel@2:OMP_WAIT_POLICY=passive",
                    "torch@1", "torch@2"]
 NEIGHBOUR = [sys.executable, "-c", "while True: pass"]

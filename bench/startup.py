@@ -18,7 +18,8 @@ warm one):
   a cold / the just-filled cache; reports its "first batch N s after launch" line,
   i.e. launch to first batch, data loading and imports included.
 
-Writes startup.json and startup.md to ``--out`` (default docs/results/startup/),
+Writes startup.json and startup.md to ``--out`` (default bench/results/startup/,
+gitignored; the committed copy was written with ``--out docs/results/startup``),
 with the load average at the start of every step.
 """
 
@@ -39,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROG = "python bench/startup.py"
-DEFAULT_OUT = ROOT / "docs" / "results" / "startup"
+DEFAULT_OUT = HERE / "results" / "startup"  # gitignored
 STEPS = ("cold-inline", "warm", "cold-jobs", "warm", "cli-cold", "cli-warm")
 
 

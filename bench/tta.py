@@ -30,7 +30,8 @@ bench/startup.py).
 
 Writes tta.json, tta.md and tta.png (test accuracy vs cumulative training
 seconds, one line per library and recipe) to ``--out`` (default
-docs/results/tta/).
+bench/results/tta/, gitignored; the committed copy was written with
+``--out docs/results/tta``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 PROG = "python bench/tta.py"
-DEFAULT_OUT = HERE.parent / "docs" / "results" / "tta"
+DEFAULT_OUT = HERE / "results" / "tta"  # gitignored
 RECIPES = {
     "plain": {"augment": False, "schedule": "constant", "target": 0.70},
     "augment": {"augment": True, "schedule": "cosine", "target": 0.75},
