@@ -15,10 +15,11 @@ the reference network uses on one backend -- nothing else:
    exact (kernel, signature) pairs a step calls: nothing is compiled for a
    layer or a backend the run does not use.
 2. **Compiled in parallel processes.** The pairs still missing from the cache
-   are dealt to ``--jobs`` worker processes (default: the cores the load
-   average leaves free; one job compiles in this process), spawned (no OpenMP
-   state is forked), biggest first, forward kernels in one share and backward
-   kernels in the other (they share helpers); each compiles its share with
+   are dealt to ``--jobs`` worker processes (default: the cores other
+   processes leave free, measured over a quarter second; one job compiles
+   in this process), spawned (no OpenMP state is forked), biggest first,
+   forward kernels in one share and backward kernels in the other (they
+   share helpers); each compiles its share with
    ``dispatcher.compile(signature)``, which writes the machine code into the
    on-disk cache (``NUMBA_CACHE_DIR`` if set). A progress bar counts kernels.
 3. The caller then loads everything from the cache (``loop.warm_up``).
@@ -203,11 +204,28 @@ def compile_missing(backend: str, jobs: int | None = None, *, progress: bool = T
     return result
 
 
-def free_cores() -> int:
-    """Cores not taken by other processes, from the 1-minute load average (this process
-    has not loaded the machine yet when it compiles); at least 1. On a busy machine
-    more compile processes than free cores only add their imports."""
+def free_cores(window: float = 0.25) -> int:
+    """Cores not taken by other processes right now; at least 1.
+
+    Measured over ``window`` seconds from the machine's busy CPU time (/proc/stat)
+    less this process's own, as the thread governor does (``scratchcnn.threads``):
+    the 1-minute load average lags, and a run started right after another job
+    (a test run, the previous benchmark step) would see that job's load for a
+    minute and compile on one core. Elsewhere (no /proc/stat) the load average.
+    On a busy machine more compile processes than free cores only add their
+    imports."""
+    import time
+
+    from scratchcnn.threads import _cpu_busy_seconds
+
     cores = os.cpu_count() or 1
+    before, mine = _cpu_busy_seconds(), time.process_time()
+    if before is not None:
+        time.sleep(window)
+        after, mine_after = _cpu_busy_seconds(), time.process_time()
+        if after is not None and after[1] > before[1]:
+            others = (after[0] - before[0] - (mine_after - mine)) / ((after[1] - before[1]) / cores)
+            return max(1, min(cores, int(cores - max(0.0, others) + 0.5)))
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -283,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=["serial", "parallel", "both"], default="parallel")
     p.add_argument("--jobs", type=int, default=None,
-                   help="compile processes (default: the cores the load average leaves free)")
+                   help="compile processes (default: the cores other processes leave free)")
     p.add_argument("--threads", type=int, default=None,
                    help="Numba threads (as the training run will use; default: the cores)")
     args = p.parse_args(argv)

@@ -91,3 +91,26 @@ def test_lr_schedules(schedule):
         assert math.isclose(lrs[4], 0.5e-3)
     if schedule == "step":
         assert lrs[3] == 1e-3 and math.isclose(lrs[4], 1e-4) and math.isclose(lrs[6], 1e-5)
+
+
+def test_free_cores_counts_other_processes_now(monkeypatch):
+    """free_cores() samples /proc/stat over a short window: other processes' busy time,
+    not the lagging load average, decides how many compile processes to start."""
+    import os
+
+    import scratchcnn.threads as threads
+    from scratchcnn import warmup
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 0.0, 0.0))  # must not matter
+
+    def samples(others_cores: float):
+        # (busy, total) CPU seconds: `others_cores` cores busy over 1 s of wall time
+        seq = iter([(100.0, 1000.0), (100.0 + others_cores, 1000.0 + cores)])
+        return lambda: next(seq)
+
+    for others, want in ((0.0, cores), (1.0, max(1, cores - 1)), (float(cores), 1)):
+        monkeypatch.setattr(threads, "_cpu_busy_seconds", samples(others))
+        assert warmup.free_cores(window=0.0) == want, others
+    monkeypatch.setattr(threads, "_cpu_busy_seconds", lambda: None)  # not Linux: load average
+    assert warmup.free_cores(window=0.0) == 1
