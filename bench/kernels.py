@@ -126,7 +126,8 @@ def cases(n: int):
                  (x, dy, np.empty_like(w), np.empty_like(b)), flops)]
     logits = arr(n, 10)
     out.append(("softmax cross-entropy", "softmax_cross_entropy",
-                (logits, rng.integers(0, 10, n), np.empty(n, f32), np.empty_like(logits)),
+                (logits, rng.integers(0, 10, n), f32(1.0 / n), np.empty(n, f32),
+                 np.empty_like(logits)),
                 n * 10 * 6))
     p = 122_570
     out.append(("adam update (all params)", "adam_update",

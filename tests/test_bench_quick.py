@@ -163,3 +163,20 @@ def test_fusion_bench():
         plain, fused = float(plain), float(fused)
         assert plain > 0 and fused > 0
         assert float(ratio.strip().rstrip("x")) == pytest.approx(fused / plain, abs=0.01)
+
+
+def test_kernel_bench_cases_match_the_kernels():
+    """Every case of bench/kernels.py's default table calls its kernel with the kernel's
+    current arguments (a changed signature once broke `python bench/kernels.py`)."""
+    sys.path.insert(0, str(BENCH))  # its own imports (common.py)
+    spec = importlib.util.spec_from_file_location("bench_kernels", BENCH / "kernels.py")
+    kernel_bench = importlib.util.module_from_spec(spec)  # not "kernels": that is the package
+    spec.loader.exec_module(kernel_bench)
+
+    from scratchcnn.kernels import serial
+
+    cases = kernel_bench.cases(2)
+    assert len(cases) > 10
+    for label, kname, kargs, flops in cases:
+        getattr(serial, kname)(*kargs)  # raises TypeError on a stale argument list
+        assert flops > 0, label

@@ -142,5 +142,9 @@ def test_counting_sees_a_serialized_prange():
             out[i] = x[i]
 
     x = np.arange(4.0)
-    assert parfor_counts(relu_with_assert, (x, np.empty_like(x))) == (0, 0)
+    from numba.core.errors import NumbaPerformanceWarning
+
+    with pytest.warns(NumbaPerformanceWarning) as caught:  # Numba says so, twice
+        assert parfor_counts(relu_with_assert, (x, np.empty_like(x))) == (0, 0)
+    assert any("will not be executed in parallel" in str(w.message) for w in caught)
     assert parfor_counts(relu_with_fill, (x, np.empty_like(x)))[0] == 2

@@ -57,8 +57,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+# No cache=True: the docs tests import this file under another module name, and a cached
+# entry records the module it was compiled in (docs/numba-facts.md, "Compilation and the
+# cache"): a later `python racy_weight_grad.py --bits` could not load it.
 
-@njit(parallel=True, cache=True)
+
+@njit(parallel=True)
 def racy(x, dy, dw):
     N, I = x.shape
     O = dy.shape[1]
@@ -69,7 +73,7 @@ def racy(x, dy, dw):
                 dw[i, o] += x[n, i] * dy[n, o]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def own_rows(x, dy, dw):
     N, I = x.shape
     O = dy.shape[1]
@@ -84,7 +88,7 @@ def own_rows(x, dy, dw):
 CHUNK = 16  # samples per partial sum: fixed by the data, not by the thread count
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def chunk_partials(x, dy, partial, dw):
     N, I = x.shape
     O = dy.shape[1]
