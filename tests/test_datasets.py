@@ -116,6 +116,31 @@ def test_idx_download_checks_md5(tmp_path, http_server, monkeypatch):
     assert not list((tmp_path / "other" / "mnist").glob("*train-images*"))
 
 
+def test_idx_download_names_its_own_files(tmp_path, http_server, monkeypatch):
+    """The progress bar and the size-cap error name the file being fetched, not CIFAR-10's
+    archive (download.py's fetcher once labelled every download with it)."""
+    import scratchcnn.data.download as download_mod
+
+    base, served = http_server
+    write_idx_dataset(served)
+    spec = IDX_DATASETS["mnist"]
+    monkeypatch.setenv(spec.url_env, base)
+    labels = []
+    real_tqdm = download_mod.tqdm
+
+    def recording_tqdm(*a, **kw):
+        labels.append(kw.get("desc"))
+        return real_tqdm(*a, **kw)
+
+    monkeypatch.setattr(download_mod, "tqdm", recording_tqdm)
+    monkeypatch.setattr(download_mod, "MAX_DOWNLOAD_BYTES", 100)
+    with pytest.raises(DataError) as e:
+        load_idx_dataset("mnist", tmp_path, progress=True)
+    msg = str(e.value)
+    assert "a mnist file" in msg and "CIFAR" not in msg, msg
+    assert labels and labels[0] in FILES.values()
+
+
 def test_idx_download_404(tmp_path, http_server, monkeypatch):
     base, _ = http_server
     monkeypatch.setenv(IDX_DATASETS["fashion-mnist"].url_env, base)

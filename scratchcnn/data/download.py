@@ -165,8 +165,10 @@ def _message(url: str, what: str) -> str:
     )
 
 
-def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> str:
-    """Stream ``url`` into ``dest``; return the MD5 hex digest of what was received."""
+def _fetch(url: str, dest: Path, *, progress: bool, timeout: float,
+           label: str = "cifar-10-python.tar.gz", what: str = "a CIFAR-10 archive") -> str:
+    """Stream ``url`` into ``dest``; return the MD5 hex digest of what was received.
+    ``label`` names the progress bar (the file), ``what`` the file in the size-cap error."""
     digest = hashlib.md5()
     received = 0
     try:
@@ -181,18 +183,17 @@ def _fetch(url: str, dest: Path, *, progress: bool, timeout: float) -> str:
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
-                desc="cifar-10-python.tar.gz",
+                desc=label,
                 disable=None if progress else True,  # None: off when stderr is no terminal
                 leave=False,
             ) as bar:
                 if total is not None and total > MAX_DOWNLOAD_BYTES:
                     raise _Failure(f"the server announces {total:,} bytes, more than the "
-                                   f"{MAX_DOWNLOAD_BYTES >> 20} MiB a CIFAR-10 archive can be")
+                                   f"{MAX_DOWNLOAD_BYTES >> 20} MiB {what} can be")
                 while chunk := response.read(_CHUNK):
                     if received + len(chunk) > MAX_DOWNLOAD_BYTES:
                         raise _Failure(f"stopped after {received:,} bytes: more than the "
-                                       f"{MAX_DOWNLOAD_BYTES >> 20} MiB a CIFAR-10 archive "
-                                       f"can be")
+                                       f"{MAX_DOWNLOAD_BYTES >> 20} MiB {what} can be")
                     try:
                         out.write(chunk)
                     except OSError as err:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -155,9 +154,8 @@ def download_idx(spec: IdxSpec, folder: Path, *, progress: bool = True,
                 part = Path(tmp)
             except OSError as e:
                 raise _Failure(f"cannot write into {folder} ({e.strerror or e})") from None
-            if progress:
-                print(f"Downloading {url} to {folder}", file=sys.stderr)
-            got = _fetch(url, part, progress=False, timeout=timeout)
+            got = _fetch(url, part, progress=progress, timeout=timeout, label=name,
+                         what=f"a {spec.name} file")  # says "Downloading ..." itself
             if check and got != spec.md5[name]:
                 raise _Failure(f"MD5 mismatch: the download has {got}, expected "
                                f"{spec.md5[name]} (corrupt transfer, or a different file at "
