@@ -74,6 +74,17 @@ def _cpu_busy_seconds() -> tuple[float, float] | None:
     return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
+def other_processes_cores(before: tuple[float, float], after: tuple[float, float],
+                          mine_seconds: float, cores: int) -> float | None:
+    """Cores' worth of CPU that *other* processes used between two ``_cpu_busy_seconds()``
+    samples, given this process's own CPU seconds in between (``time.process_time()``
+    difference: all its threads). None when no time passed between the samples."""
+    wall = (after[1] - before[1]) / cores  # total is in CPU seconds of all cores
+    if wall <= 0:
+        return None
+    return (after[0] - before[0] - mine_seconds) / wall
+
+
 class ThreadGovernor:
     """Keeps the parallel backend's thread count at the cores other processes leave free.
 
@@ -161,11 +172,9 @@ class ThreadGovernor:
             mine_now = time.process_time()
             if now is None or last is None:
                 return
-            wall = now[1] - last[1]
-            if wall <= 0:
+            others = other_processes_cores(last, now, mine_now - mine, self.cores)
+            if others is None:
                 continue
-            # busy and total are in CPU seconds of all cores: wall of one core = total / cores
-            others = (now[0] - last[0] - (mine_now - mine)) / (wall / self.cores)
             last, mine = now, mine_now
             wanted = self.decide(others)
             if wanted != self.wanted:

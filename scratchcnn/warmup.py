@@ -216,15 +216,16 @@ def free_cores(window: float = 0.25) -> int:
     imports."""
     import time
 
-    from scratchcnn.threads import _cpu_busy_seconds
+    from scratchcnn.threads import _cpu_busy_seconds, other_processes_cores
 
     cores = os.cpu_count() or 1
     before, mine = _cpu_busy_seconds(), time.process_time()
     if before is not None:
         time.sleep(window)
         after, mine_after = _cpu_busy_seconds(), time.process_time()
-        if after is not None and after[1] > before[1]:
-            others = (after[0] - before[0] - (mine_after - mine)) / ((after[1] - before[1]) / cores)
+        others = (None if after is None else
+                  other_processes_cores(before, after, mine_after - mine, cores))
+        if others is not None:
             return max(1, min(cores, int(cores - max(0.0, others) + 0.5)))
     try:
         load = os.getloadavg()[0]
