@@ -1,9 +1,12 @@
-"""Shared benchmark helpers: the machine's float32 GEMM peak and a machine summary."""
+"""Shared benchmark helpers: the machine's float32 GEMM peak, a machine summary, and
+writing a report (JSON + Markdown)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -49,3 +52,12 @@ def machine_summary() -> dict:
         layer = numba.config.THREADING_LAYER
     return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "threading_layer": layer,
             **versions()}
+
+
+def write_report(out: Path, name: str, data, md: str) -> None:
+    """``out/<name>.json`` (``data``; objects JSON cannot hold as their ``str``) and
+    ``out/<name>.md`` (``md``), the folder created if needed; then prints the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (out / f"{name}.md").write_text(md)
+    print(md)

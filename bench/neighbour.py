@@ -327,11 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                      "settle": args.settle},
         "configurations": rows, "summary": summarize(rows),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "neighbour.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = render(report)
-    (args.out / "neighbour.md").write_text(md)
-    print(md)
+    from common import write_report
+
+    write_report(args.out, "neighbour", report, render(report))
     return 0
 
 

@@ -128,13 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"{PROG}: error: {args.report}: {e}", file=sys.stderr)
         return 2
-    out = args.out or args.report.parent
-    out.mkdir(parents=True, exist_ok=True)
-    md = render(tables, report.get("command", str(args.report)),
-                " ".join([PROG, *map(shlex.quote, argv)]))
-    (out / "peak_gap.md").write_text(md)
-    (out / "peak_gap.json").write_text(json.dumps(tables, indent=2) + "\n")
-    print(md)
+    from common import write_report
+
+    write_report(args.out or args.report.parent, "peak_gap", tables,
+                 render(tables, report.get("command", str(args.report)),
+                        " ".join([PROG, *map(shlex.quote, argv)])))
     return 0
 
 

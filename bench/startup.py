@@ -183,11 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             rep["steps"].append(step)
             secs = step.get("first_batch_seconds") or step.get("seconds")
             print(f"  {mode}: {secs:.1f} s (load {load[0]:.2f})", file=sys.stderr, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "startup.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
-    md = render(rep)
-    (args.out / "startup.md").write_text(md)
-    print(md)
+    from common import write_report
+
+    write_report(args.out, "startup", rep, render(rep))
     return 0
 
 

@@ -37,7 +37,6 @@ bench/results/tta/, gitignored; the committed copy was written with
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -310,12 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} ...", file=sys.stderr, flush=True)
         rep["results"].append(run_recipe(args, name, threads, data))
     rep["loadavg_end"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tta.json").write_text(json.dumps(rep, indent=2) + "\n")
-    md = render(rep)
-    (args.out / "tta.md").write_text(md)
+    from common import write_report
+
+    write_report(args.out, "tta", rep, render(rep))
     plot(rep, args.out / "tta.png")
-    print(md)
     return 0
 
 
