@@ -55,22 +55,33 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
+#: The reference network's convolutions: (name, C in, F out, H, W); 3x3, stride 1, no padding.
+CONVS = [("conv1", 3, 32, 32, 32), ("conv2", 32, 64, 15, 15), ("conv3", 64, 64, 6, 6)]
+
+
+def _random_float32(seed: int = 0):
+    """(rng, arr): ``arr(*shape)`` is a float32 array of standard normals from ``rng``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def arr(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    return rng, arr
+
+
 def cases(n: int):
     """(name, kernel, args factory, FLOPs): the reference network's kernels at batch n."""
     import numpy as np
 
     f32 = np.float32
-    rng = np.random.default_rng(0)
-
-    def arr(*shape):
-        return rng.standard_normal(shape, dtype=f32)
-
+    rng, arr = _random_float32()
     out = []
     from scratchcnn.kernels import serial
     from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 
-    convs = [("conv1", 3, 32, 32, 32), ("conv2", 32, 64, 15, 15), ("conv3", 64, 64, 6, 6)]
-    for name, c, f, h, w in convs:
+    for name, c, f, h, w in CONVS:
         oh, ow, k, p = h - 2, w - 2, c * 9, (h - 2) * (w - 2)
         x, wt, b, dout = arr(n, c, h, w), arr(f, c, 3, 3), arr(f), arr(n, f, oh, ow)
         ws = {key: np.empty(shape, f32)
@@ -147,14 +158,9 @@ def ladder_cases(n: int) -> list[tuple[str, str, str, tuple, int, int]]:
     from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 
     f32 = np.float32
-    rng = np.random.default_rng(0)
-
-    def arr(*shape):
-        return rng.standard_normal(shape, dtype=f32)
-
+    _, arr = _random_float32()
     out = []
-    convs = [("conv1", 3, 32, 32, 32), ("conv2", 32, 64, 15, 15), ("conv3", 64, 64, 6, 6)]
-    for layer, c, f, h, w in convs:
+    for layer, c, f, h, w in CONVS:
         oh, ow, k, p = h - 2, w - 2, c * 9, (h - 2) * (w - 2)
         x, wt, b, dout = arr(n, c, h, w), arr(f, c, 3, 3), arr(f), arr(n, f, oh, ow)
         y, dx, dw, db = np.empty((n, f, oh, ow), f32), np.empty_like(x), np.empty_like(wt), \
