@@ -171,3 +171,21 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def cuda_unavailable() -> str | None:
+    """Why the CUDA backend cannot be tested in this process, or None if it can (the skip
+    reason of the tests in tests/cuda/, which run in a process of their own)."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        return "numba-cuda is not installed (pip install -e '.[test,cuda]')"
+    from numba import config, cuda
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and not config.ENABLE_CUDASIM:
+        return ("NUMBA_ENABLE_CUDASIM=1 was set after numba was imported; run "
+                "'NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda' in its own process")
+    if not cuda.is_available():
+        return ("no CUDA GPU here; the simulator runs these tests in their own process: "
+                "NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda")
+    return None

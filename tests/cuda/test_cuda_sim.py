@@ -17,7 +17,6 @@ from; the skip lives in ``pytestmark`` below instead.)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -29,25 +28,9 @@ from scratchcnn.kernels import CPU_ONLY, KERNEL_NAMES, get_backend, serial
 from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
 from scratchcnn.loop import train_step
 
-from conftest import write_fake_cifar_files
+from conftest import cuda_unavailable, write_fake_cifar_files
 
-
-def _unavailable() -> str | None:
-    """Why the CUDA backend cannot be tested in this process, or None if it can."""
-    if importlib.util.find_spec("numba_cuda") is None:
-        return "numba-cuda is not installed (pip install -e '.[test,cuda]')"
-    from numba import config, cuda
-
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and not config.ENABLE_CUDASIM:
-        return ("NUMBA_ENABLE_CUDASIM=1 was set after numba was imported; run "
-                "'NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda' in its own process")
-    if not cuda.is_available():
-        return ("no CUDA GPU here; the simulator runs these tests in their own process: "
-                "NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda")
-    return None
-
-
-REASON = _unavailable()
+REASON = cuda_unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 
 if REASON is None and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":

@@ -22,25 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import cuda_unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 EX = ROOT / "docs" / "exercises"
 STUDENT = os.environ.get("SCRATCHCNN_EXERCISE") == "1"
 
 
-def _unavailable() -> str | None:
-    if importlib.util.find_spec("numba_cuda") is None:
-        return "numba-cuda is not installed (pip install -e '.[test,cuda]')"
-    from numba import config, cuda
-
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and not config.ENABLE_CUDASIM:
-        return "NUMBA_ENABLE_CUDASIM=1 was set after numba was imported"
-    if not cuda.is_available():
-        return ("no CUDA GPU here; the simulator runs these tests in their own process: "
-                "NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda")
-    return None
-
-
-REASON = _unavailable()
+REASON = cuda_unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 
 
