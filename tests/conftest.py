@@ -189,3 +189,17 @@ def cuda_unavailable() -> str | None:
         return ("no CUDA GPU here; the simulator runs these tests in their own process: "
                 "NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/cuda")
     return None
+
+
+def load_file_as(name: str, path: Path):
+    """Import the Python file ``path`` as module ``name`` (registered in ``sys.modules``:
+    Numba's cache and dataclasses look a module up by its name). For scripts and teaching
+    files outside the package; give each file one name (a Numba cache entry records it)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_file_as
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 DATA = os.environ.get("SCRATCHCNN_DATA")
@@ -169,9 +171,7 @@ def test_kernel_bench_cases_match_the_kernels():
     """Every case of bench/kernels.py's default table calls its kernel with the kernel's
     current arguments (a changed signature once broke `python bench/kernels.py`)."""
     sys.path.insert(0, str(BENCH))  # its own imports (common.py)
-    spec = importlib.util.spec_from_file_location("bench_kernels", BENCH / "kernels.py")
-    kernel_bench = importlib.util.module_from_spec(spec)  # not "kernels": that is the package
-    spec.loader.exec_module(kernel_bench)
+    kernel_bench = load_file_as("bench_kernels", BENCH / "kernels.py")  # "kernels": the package
 
     from scratchcnn.kernels import serial
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_fake_cifar_files
+from conftest import load_file_as, write_fake_cifar_files
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and (
@@ -28,10 +28,7 @@ needs_mpi = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def scaling():
-    spec = importlib.util.spec_from_file_location("bench_scaling", ROOT / "bench" / "scaling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file_as("bench_scaling", ROOT / "bench" / "scaling.py")
 
 
 def synthetic(scaling, batches=(32, 256), max_nodes=16) -> dict:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -25,20 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_file_as
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = os.environ.get("SCRATCHCNN_DATA")
 HAVE_DATA = bool(DATA) and (Path(DATA) / "cifar-10-batches-py" / "batches.meta").is_file()
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # numba's cache and dataclasses look the module up by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-docs = _load("docs_sync_includes", ROOT / "docs" / "sync_includes.py")
+docs = load_file_as("docs_sync_includes", ROOT / "docs" / "sync_includes.py")
 DOCS = docs.doc_files(ROOT)
 
 
@@ -134,7 +127,7 @@ def test_docs_is_not_an_installed_package():
 
 @pytest.fixture(scope="module")
 def racy():
-    return _load("docs_racy_weight_grad", ROOT / "docs" / "examples" / "racy_weight_grad.py")
+    return load_file_as("docs_racy_weight_grad", ROOT / "docs" / "examples" / "racy_weight_grad.py")
 
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3])

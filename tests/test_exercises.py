@@ -17,14 +17,14 @@ a change of summation order.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
+
+from conftest import load_file_as
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "docs" / "exercises"
@@ -33,11 +33,7 @@ STUDENT = os.environ.get("SCRATCHCNN_EXERCISE") == "1"
 
 def _load(path: Path):
     name = "exercise_" + "_".join(path.relative_to(EX).with_suffix("").parts)
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file_as(name, path)
 
 
 def _integer_data(n: int, features: int, outputs: int):

@@ -15,17 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_file_as
+
 ROOT = Path(__file__).resolve().parent.parent
 FIG = ROOT / "docs" / "figures"
 
 
 @pytest.fixture(scope="module")
 def figures():
-    spec = importlib.util.spec_from_file_location("docs_figures", ROOT / "docs" / "figures.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["docs_figures"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file_as("docs_figures", ROOT / "docs" / "figures.py")
 
 
 def test_figure_data_is_current(figures):

@@ -14,15 +14,13 @@ blocks' atomics land, so the check is an equality.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import cuda_unavailable
+from conftest import cuda_unavailable, load_file_as
 
 ROOT = Path(__file__).resolve().parents[2]
 EX = ROOT / "docs" / "exercises"
@@ -35,11 +33,7 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 
 def _load(path: Path):
     name = "cuda_exercise_" + "_".join(path.relative_to(EX).with_suffix("").parts)
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file_as(name, path)
 
 
 def check_block_sum(mod) -> None:
