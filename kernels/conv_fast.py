@@ -289,27 +289,6 @@ def row2im(drows, row0, KH, KW, sh, sw, ph, pw, dxn):
 
 
 @helper
-def im2row_any(xn, KH, KW, sh, sw, ph, pw, rows, row0):
-    """im2row, called with literal arguments for the unpadded unit-stride 3x3 case:
-    Numba then compiles a copy specialized to them, its 3x3 loops unrolled (5x
-    faster for conv3, 1.4x for conv2)."""
-    if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
-        im2row(xn, 3, 3, 1, 1, 0, 0, rows, row0)
-    else:
-        im2row(xn, KH, KW, sh, sw, ph, pw, rows, row0)
-
-
-@helper
-def row2im_any(drows, row0, KH, KW, sh, sw, ph, pw, dxn):
-    """row2im, called with literal arguments for the unpadded unit-stride 3x3 case
-    (as ``im2row_any``)."""
-    if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
-        row2im(drows, row0, 3, 3, 1, 1, 0, 0, dxn)
-    else:
-        row2im(drows, row0, KH, KW, sh, sw, ph, pw, dxn)
-
-
-@helper
 def fill_wb(w, b, wb):
     """wb (F, K+1) = the weights w as (F, K), then the bias as column K.
 
@@ -371,7 +350,10 @@ def backward_group(dg, w2, cg, KH, KW, sh, sw, ph, pw, need_dx, partial_g, dcols
         if need_dx:
             np.dot(dg.T, w2, dcols_t)  # (G*P, F) @ (F, K)
             for s in range(G):
-                row2im_any(dcols_t, s * P, KH, KW, sh, sw, ph, pw, dxg[s])
+                if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
+                    row2im(dcols_t, s * P, 3, 3, 1, 1, 0, 0, dxg[s])  # literals: a 3x3 copy
+                else:
+                    row2im(dcols_t, s * P, KH, KW, sh, sw, ph, pw, dxg[s])
 
 
 @helper
@@ -390,8 +372,15 @@ def conv_group_product(x, n0, G, KH, KW, sh, sw, ph, pw, wb, cg, prod):
         np.dot(wb, cg, prod)  # (F, K+1) @ (K+1, P): BLAS, one thread
     else:
         P = cg.shape[0] // G
-        for s in range(G):  # im2row_any also sets the bias column
-            im2row_any(x[n0 + s], KH, KW, sh, sw, ph, pw, cg, s * P)
+        for s in range(G):  # im2row also sets the bias column
+            if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
+                # Literal arguments: Numba compiles a copy of im2row specialized to them,
+                # its 3x3 loops unrolled (5x faster for conv3, 1.4x for conv2). Chosen here,
+                # not in a helper of its own: every level of helpers is optimized again in
+                # each caller, so a dispatch-only helper costs ~1 s of cold compile.
+                im2row(x[n0 + s], 3, 3, 1, 1, 0, 0, cg, s * P)
+            else:
+                im2row(x[n0 + s], KH, KW, sh, sw, ph, pw, cg, s * P)
         np.dot(cg, wb.T, prod)  # (G*P, K+1) @ (K+1, F)
 
 
@@ -414,7 +403,7 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     for g in prange(NG):
         if G == 1:  # the product lands directly in this sample's output planes
             on = out[g].reshape(F, P)
-            conv_group_product(x, g, 1, KH, KW, sh, sw, ph, pw, wb, cols[g], on)
+            conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], on)
             if relu:  # a select, not a branch: the signs are random, a branch mispredicts
                 for f in range(F):
                     for p in range(P):
@@ -460,7 +449,10 @@ def conv2d_backward_input(dout, w, sh, sw, ph, pw, dout_g, dcols, dx):
             gather_dout(dout, g * G, G, dg)
             np.dot(dg.T, w2, dcols[g])  # (G*P, F) @ (F, K): patch gradients as rows
             for s in range(G):
-                row2im_any(dcols[g], s * P, KH, KW, sh, sw, ph, pw, dx[g * G + s])
+                if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
+                    row2im(dcols[g], s * P, 3, 3, 1, 1, 0, 0, dx[g * G + s])  # a 3x3 copy
+                else:
+                    row2im(dcols[g], s * P, KH, KW, sh, sw, ph, pw, dx[g * G + s])
 
 
 # Ladder rung 4, vs rung 3 (conv2d_backward_weight_gemm): one partial per group, db from
@@ -486,8 +478,10 @@ def conv2d_backward_weight(dout, cols, dout_g, partial, dw, db):
     # PARALLEL (2): one output channel per iteration; each thread owns row dw[f]
     # and db[f] and sums the groups in the fixed order g = 0, 1, ..., NG-1, so
     # the result is bit-for-bit the same whatever the number of threads.
+    # (np.int64(f): Numba hands a second prange's index over as uint64, and a helper
+    # called with another integer type is compiled once more.)
     for f in prange(F):
-        sum_group_partials(partial, f, dw2, db)
+        sum_group_partials(partial, np.int64(f), dw2, db)
 
 
 # Ladder rung 5, vs rung 4: both gradients in one pass over the groups, one scratch slot
@@ -525,7 +519,7 @@ def conv2d_backward(dout, w, cols, sh, sw, ph, pw, need_dx, dout_g, partial, dco
     # PARALLEL: one output channel per iteration, groups summed in a fixed order
     # (see conv2d_backward_weight).
     for f in prange(F):
-        sum_group_partials(partial, f, dw2, db)
+        sum_group_partials(partial, np.int64(f), dw2, db)
 
 
 def conv2d_sum_group_partials(partial, dw, db):
@@ -537,4 +531,4 @@ def conv2d_sum_group_partials(partial, dw, db):
     # PARALLEL: one output channel per iteration, groups summed in a fixed order
     # (see conv2d_backward_weight).
     for f in prange(F):
-        sum_group_partials(partial, f, dw2, db)
+        sum_group_partials(partial, np.int64(f), dw2, db)

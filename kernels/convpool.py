@@ -24,6 +24,7 @@ one slot each (as in ``conv2d_backward``), so the serial build reuses one tile.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import prange
 
 from ._build import helper
@@ -54,7 +55,7 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, wb, cols, tile, po
         for g in range(t * NG // S, (t + 1) * NG // S):
             if G == 1:  # tile as (F, P): the sample's conv planes
                 planes = tt.reshape(F, OH, OW)
-                conv_group_product(x, g, 1, KH, KW, sh, sw, ph, pw, wb, cols[g],
+                conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g],
                                    tt.reshape(F, P))
                 for f in range(F):  # relu + pool, literal arguments: specialized copy
                     window2x2(planes[f], 2, 2, True, pout[g, f], argmax[g, f])
@@ -114,4 +115,4 @@ def conv2d_relu_pool_backward(dpool, argmax, pout, w, cols, sh, sw, ph, pw, OH, 
                            dcols[t], dx[g * G:(g + 1) * G])
     # PARALLEL: one output channel per iteration, groups summed in a fixed order.
     for f in prange(F):
-        sum_group_partials(partial, f, dw2, db)
+        sum_group_partials(partial, np.int64(f), dw2, db)
