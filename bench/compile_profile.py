@@ -20,6 +20,23 @@ What it answers: whether a lower LLVM optimization level would buy a faster
 cold start (the machine code, and so the epoch, would change with it), and
 how a cold compile splits between Numba's Python-side passes and LLVM.
 Writes nothing; prints a Markdown table. Run it on a quiet machine.
+
+``--step`` measures a whole training step instead, and what a compiler setting
+costs at run time:
+
+    python bench/compile_profile.py --step --repeats 3 --variant "" --variant NUMBA_OPT=2
+    python bench/compile_profile.py --step --variant "" \\
+        --variant "NUMBA_LOOP_VECTORIZE=0 NUMBA_SLP_VECTORIZE=0"
+
+Each variant (environment variables for the child; "" = as installed) runs in
+a fresh process with an empty ``NUMBA_CACHE_DIR``: it compiles every kernel of
+one training step of the reference network on one backend, in that process
+(``loop.warm_up``, loader kernels excluded), then times 30 training steps on a
+fixed random batch and fingerprints the weights after them. Variants are
+interleaved repeat by repeat, because a cold compile on a shared machine
+varies by 20% from one run to the next. The table: compile wall and CPU
+seconds (median, min-max), the step's median time, and whether the weights
+are bit-for-bit those of the first variant.
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -69,13 +87,108 @@ def child(backend: str) -> dict:
     return {"wall_seconds": wall, "llvm_ffi_seconds": llvm, "passes": passes}
 
 
+def step_child(backend: str, steps: int = 30) -> dict:
+    """In a fresh process: compile one training step cold, then time ``steps`` steps."""
+    import hashlib
+    import time
+
+    import numpy as np
+
+    from scratchcnn.loop import train_step, warm_up
+    from scratchcnn.losses import SoftmaxCrossEntropy
+    from scratchcnn.model import reference_cnn
+    from scratchcnn.optim import Adam
+
+    model = reference_cnn(seed=0, backend=backend)
+    loss = SoftmaxCrossEntropy(backend=backend)
+    opt = Adam(model.parameters(), backend=backend)
+    w0, c0 = time.perf_counter(), time.process_time()
+    warm_up(model, loss, opt, loader=False)
+    compile_wall, compile_cpu = time.perf_counter() - w0, time.process_time() - c0
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 32)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        train_step(model, loss, opt, x, y)
+        times.append(time.perf_counter() - t0)
+    digest = hashlib.sha256(b"".join(p.value.tobytes() for p in model.parameters()))
+    return {"compile_wall": compile_wall, "compile_cpu": compile_cpu,
+            "step_ms": 1e3 * float(np.median(times)), "weights_sha256": digest.hexdigest()}
+
+
+def _env_of(variant: str) -> dict[str, str]:
+    """``"A=1 B=2"`` -> ``{"A": "1", "B": "2"}``; a one-line error for anything else."""
+    env = {}
+    for item in variant.split():
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise SystemExit(f"{PROG}: error: --variant {variant!r}: expected NAME=VALUE "
+                             "items separated by spaces (\"\" for the defaults)")
+        env[name] = value
+    return env
+
+
+def step_table(args, argv: list[str]) -> int:
+    """``--step``: the whole step's cold compile and run time per variant (see the docstring)."""
+    import statistics
+
+    variants = args.variant or [""]
+    envs = {v: _env_of(v) for v in variants}
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.repeats):
+        for v in variants:
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, **envs[v], NUMBA_CACHE_DIR=cache)
+                p = subprocess.run([sys.executable, __file__, "--backend", args.backend,
+                                    "--step-child"], env=env, capture_output=True, text=True,
+                                   timeout=900)
+            if p.returncode != 0:
+                tail = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
+                print(f"{PROG}: error: variant {v!r}: {tail}", file=sys.stderr)
+                return 1
+            runs[v].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            last = runs[v][-1]["compile_wall"]
+            print(f"  repeat {r + 1}, {v or 'defaults'}: compile {last:.1f} s", file=sys.stderr)
+
+    def spread(xs: list[float], fmt: str) -> str:
+        return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
+
+    first = runs[variants[0]][0]["weights_sha256"]
+    print(f"`{PROG} {shlex.join(argv)}`: cold compile of one training step of the reference "
+          f"network ({args.backend} backend, in one process, loader kernels excluded), then 30 "
+          f"steps at batch 32; median (min–max) of {args.repeats} fresh process(es) per variant, "
+          f"variants interleaved; load average at the end {os.getloadavg()[0]:.2f}\n")
+    print("| variant | compile wall s | compile CPU s | step ms | weights = first variant's |")
+    print("|---|---:|---:|---:|---|")
+    for v in variants:
+        rs = runs[v]
+        same = all(x["weights_sha256"] == first for x in rs)
+        print(f"| {v or '(defaults)'} | {spread([x['compile_wall'] for x in rs], '.1f')} | "
+              f"{spread([x['compile_cpu'] for x in rs], '.1f')} | "
+              f"{spread([x['step_ms'] for x in rs], '.2f')} | {'yes' if same else 'NO'} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=["serial", "parallel"], default="parallel")
     p.add_argument("--opt", type=int, nargs="+", choices=[0, 1, 2, 3], default=[3, 2, 1, 0])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--step", action="store_true",
+                   help="the whole training step's cold compile and run time per --variant")
+    p.add_argument("--variant", action="append", metavar="'NAME=VALUE ...'",
+                   help="--step: environment of one variant (repeatable; \"\" = defaults)")
+    p.add_argument("--repeats", type=int, default=3, help="--step: fresh processes per variant")
+    p.add_argument("--step-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.step_child:
+        print(json.dumps(step_child(args.backend)))
+        return 0
+    if args.step:
+        return step_table(args, argv)
     if args.child:
         print(json.dumps(child(args.backend)))
         return 0

@@ -376,8 +376,8 @@ def conv_group_product(x, n0, G, KH, KW, sh, sw, ph, pw, wb, cg, prod):
             if KH == 3 and KW == 3 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
                 # Literal arguments: Numba compiles a copy of im2row specialized to them,
                 # its 3x3 loops unrolled (5x faster for conv3, 1.4x for conv2). Chosen here,
-                # not in a helper of its own: every level of helpers is optimized again in
-                # each caller, so a dispatch-only helper costs ~1 s of cold compile.
+                # not in a helper of its own: every level of helpers is compiled again in
+                # each caller (docs/numba-facts.md), so a dispatch-only level costs compile time.
                 im2row(x[n0 + s], 3, 3, 1, 1, 0, 0, cg, s * P)
             else:
                 im2row(x[n0 + s], KH, KW, sh, sw, ph, pw, cg, s * P)

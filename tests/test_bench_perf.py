@@ -1,6 +1,6 @@
-"""bench/neighbour.py, bench/startup.py, bench/tta.py, bench/peak_gap.py: flags, arithmetic
-and report structure only (the real runs take minutes on a quiet machine; no timing is
-asserted anywhere)."""
+"""bench/neighbour.py, bench/startup.py, bench/tta.py, bench/peak_gap.py,
+bench/compile_profile.py: flags, arithmetic and report structure only (the real runs take
+minutes on a quiet machine; no timing is asserted anywhere)."""
 
 from __future__ import annotations
 
@@ -138,3 +138,16 @@ def test_peak_gap_refuses_a_report_without_breakdown(tmp_path, capsys):
     assert peak_gap.main([str(src)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "compare.json" in err and "breakdown" in err
+
+
+def test_compile_profile_variants():
+    import compile_profile
+
+    assert compile_profile._env_of("") == {}
+    assert compile_profile._env_of("NUMBA_OPT=2  NUMBA_LOOP_VECTORIZE=0") == {
+        "NUMBA_OPT": "2", "NUMBA_LOOP_VECTORIZE": "0"}
+    # a malformed variant is refused in one line before any process is started
+    r = subprocess.run([sys.executable, str(BENCH / "compile_profile.py"), "--step",
+                        "--variant", "NUMBA_OPT"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "expected NAME=VALUE" in r.stderr
