@@ -656,6 +656,15 @@ def _check_compiler() -> None:
         cuda.compile_ptx(_probe, "void(float32[::1])", cc=(7, 5))
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
+        if isinstance(e, (AttributeError, ImportError)):  # Python-level: a version mismatch
+            from importlib.metadata import version  # (numba-cuda 0.30.4 + numpy 2.5:
+            #                                          "numpy has no attribute 'row_stack'")
+            raise ValueError(
+                f"backend 'cuda': numba-cuda {version('numba-cuda')} does not work with "
+                f"numpy {np.__version__} / numba {version('numba')} here "
+                f"({type(e).__name__}: {first}); install versions that go together (e.g. "
+                f"pip install 'numpy<2.5' for numba-cuda 0.30), or use --backend parallel"
+            ) from None
         raise ValueError(f"backend 'cuda': a GPU is present but numba-cuda cannot compile "
                          f"kernels ({type(e).__name__}: {first}); pip install "
                          f"'numba-cuda[cu12]' or 'numba-cuda[cu13]' to match the driver, "

@@ -3,13 +3,16 @@
 The bit-for-bit tests run the parallel kernels at 1, 2 and 3 threads (3 is
 more than this machine's 2 cores, on purpose). Numba fixes its thread-pool size
 when it is first imported, so the pool is widened here, before any test module
-imports numba.
+imports numba -- never below the machine's cores: the training CLI's default
+``--threads`` is the core count, and a smaller pool would refuse it (seen on a
+16-core GPU machine).
 """
 
 import os
 
-if int(os.environ.get("NUMBA_NUM_THREADS", "0") or 0) < 3:
-    os.environ["NUMBA_NUM_THREADS"] = "3"
+_POOL = max(3, os.cpu_count() or 1)
+if int(os.environ.get("NUMBA_NUM_THREADS", "0") or 0) < _POOL:
+    os.environ["NUMBA_NUM_THREADS"] = str(_POOL)
 
 import numba  # noqa: E402
 import pytest  # noqa: E402

@@ -68,3 +68,24 @@ def test_train_cli_backend_cuda_without_gpu(tmp_path):
     assert "no usable CUDA GPU" in lines[0] or "numba-cuda is not installed" in lines[0]
     assert "--backend parallel" in lines[0]
     assert not (tmp_path / "r").exists()  # failed before loading data or making a run folder
+
+
+@pytest.mark.parametrize("error, cause", [
+    (AttributeError("module 'numpy' has no attribute 'row_stack'"), "does not work with numpy"),
+    (OSError("libNVVM cannot be found"), "'numba-cuda[cu12]' or 'numba-cuda[cu13]'"),
+])
+def test_compiler_check_names_the_cause(monkeypatch, error, cause):
+    """A GPU whose numba-cuda cannot compile: a version mismatch (seen: numba-cuda 0.30.4
+    with numpy 2.5 on a GPU machine) and missing compiler libraries get different advice."""
+    pytest.importorskip("numba_cuda")
+    from scratchcnn.kernels import cuda as kcuda
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(kcuda.cuda, "compile_ptx", broken)
+    with pytest.raises(ValueError) as e:
+        kcuda._check_compiler()
+    msg = str(e.value)
+    assert "\n" not in msg and cause in msg and "--backend parallel" in msg
+    assert type(error).__name__ in msg

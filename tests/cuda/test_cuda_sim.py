@@ -359,7 +359,7 @@ def test_train_cli_backend_cuda(tmp_path, monkeypatch, capsys):
         out = tmp_path / backend
         code = train_mod.main(["--backend", backend, "--data-dir", str(tmp_path / "data"),
                                "--out", str(out), "--epochs", "1", "--batch-size", "8",
-                               "--limit-train", "16", "--loader-threads", "0",
+                               "--limit-train", "16", "--loader-threads", "0", "--threads", "2",
                                "--no-progress"])
         assert code == 0
         runs[backend] = read_progress(out / "checkpoint.npz")[0]
