@@ -31,8 +31,8 @@ costs at run time:
 Each variant (environment variables for the child; "" = as installed) runs in
 a fresh process with an empty ``NUMBA_CACHE_DIR``: it compiles every kernel of
 one training step of the reference network on one backend, in that process
-(``loop.warm_up``, loader kernels excluded), then times 30 training steps on a
-fixed random batch and fingerprints the weights after them. Variants are
+(``loop.warm_up``, loader kernels excluded), then times ``--steps`` (30) training
+steps on a fixed random batch and fingerprints the weights after them. Variants are
 interleaved repeat by repeat, because a cold compile on a shared machine
 varies by 20% from one run to the next. The table: compile wall and CPU
 seconds (median, min-max), the step's median time, and whether the weights
@@ -142,8 +142,8 @@ def step_table(args, argv: list[str]) -> int:
             with tempfile.TemporaryDirectory() as cache:
                 env = dict(os.environ, **envs[v], NUMBA_CACHE_DIR=cache)
                 p = subprocess.run([sys.executable, __file__, "--backend", args.backend,
-                                    "--step-child"], env=env, capture_output=True, text=True,
-                                   timeout=900)
+                                    "--steps", str(args.steps), "--step-child"], env=env,
+                                   capture_output=True, text=True, timeout=900)
             if p.returncode != 0:
                 tail = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
                 print(f"{PROG}: error: variant {v!r}: {tail}", file=sys.stderr)
@@ -157,9 +157,10 @@ def step_table(args, argv: list[str]) -> int:
 
     first = runs[variants[0]][0]["weights_sha256"]
     print(f"`{PROG} {shlex.join(argv)}`: cold compile of one training step of the reference "
-          f"network ({args.backend} backend, in one process, loader kernels excluded), then 30 "
-          f"steps at batch 32; median (min–max) of {args.repeats} fresh process(es) per variant, "
-          f"variants interleaved; load average at the end {os.getloadavg()[0]:.2f}\n")
+          f"network ({args.backend} backend, in one process, loader kernels excluded), then "
+          f"{args.steps} steps at batch 32; median (min–max) of {args.repeats} fresh "
+          f"process(es) per variant, variants interleaved; load average at the end "
+          f"{os.getloadavg()[0]:.2f}\n")
     print("| variant | compile wall s | compile CPU s | step ms | weights = first variant's |")
     print("|---|---:|---:|---:|---|")
     for v in variants:
@@ -182,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", metavar="'NAME=VALUE ...'",
                    help="--step: environment of one variant (repeatable; \"\" = defaults)")
     p.add_argument("--repeats", type=int, default=3, help="--step: fresh processes per variant")
+    p.add_argument("--steps", type=int, default=30,
+                   help="--step: training steps timed after the compile")
     p.add_argument("--step-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.step_child:
-        print(json.dumps(step_child(args.backend)))
+        print(json.dumps(step_child(args.backend, args.steps)))
         return 0
     if args.step:
         return step_table(args, argv)

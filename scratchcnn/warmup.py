@@ -16,12 +16,13 @@ the reference network uses on one backend -- nothing else:
    layer or a backend the run does not use.
 2. **Compiled in parallel processes.** The pairs still missing from the cache
    are dealt to ``--jobs`` worker processes (default: the cores other
-   processes leave free, measured over a quarter second; one job compiles
-   in this process), spawned (no OpenMP state is forked), biggest first,
-   forward kernels in one share and backward kernels in the other (they
-   share helpers); each compiles its share with
-   ``dispatcher.compile(signature)``, which writes the machine code into the
-   on-disk cache (``NUMBA_CACHE_DIR`` if set). A progress bar counts kernels.
+   processes leave free, measured over a quarter second), spawned (no OpenMP
+   state is forked), biggest first, forward kernels in one share and
+   backward kernels in the other (they share helpers); each compiles its
+   share with ``dispatcher.compile(signature)``, which writes the machine
+   code into the on-disk cache (``NUMBA_CACHE_DIR`` if set). A progress bar
+   counts kernels. The workers run LLVM at ``NUMBA_OPT=2`` (``WORKER_OPT``)
+   unless the environment sets ``NUMBA_OPT``; see there.
 3. The caller then loads everything from the cache (``loop.warm_up``).
 
 ``ensure_compiled(backend)`` is what ``python -m scratchcnn.train`` calls before
@@ -32,7 +33,8 @@ nothing extra. The loader's two small kernels are left to the warm-up (under a
 second cold).
 
 Compiling changes no bits: the same functions with the same flags are
-compiled, only in another process.
+compiled, only in another process (and at LLVM's level 2, which may not
+reorder float arithmetic either).
 """
 
 from __future__ import annotations
@@ -41,9 +43,19 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 PROG = "python -m scratchcnn.warmup"
+
+#: ``NUMBA_OPT`` (LLVM's optimization level) of the compile workers when the environment
+#: sets none: 2 instead of Numba's default 3. Measured with ``python bench/compile_profile.py
+#: --step --repeats 4 --steps 300 --variant '' --variant NUMBA_OPT=2`` (2-core Xeon): the
+#: cold compile of a step 9-17% shorter in each of 4 paired runs, the step time the same
+#: (9.34 vs 9.39 ms), the weights after 300 steps bit-for-bit the same -- without
+#: fast-math LLVM may not reorder float arithmetic at any level. Only what the workers
+#: compile is affected: the caller's own Numba keeps its setting.
+WORKER_OPT = "2"
 
 #: Rough compile seconds per kernel measured cold (bench/startup.py, 2-core Xeon, under
 #: load): used only to deal the biggest kernels out first.
@@ -168,16 +180,16 @@ def compile_missing(backend: str, jobs: int | None = None, *, progress: bool = T
             f"({os.environ.get('NUMBA_CACHE_DIR') or 'next to the sources'}) in {jobs} "
             f"process(es); once per machine and Numba version, then cached")
     order = sorted(missing, key=lambda p: -_COST_HINT.get(p[0], 1))
-    if jobs == 1:  # in this process: no spawn, no second import of numba and scipy
-        return _compile_here(backend, order, result, progress, t0)
+    # One job too runs in a worker: its import (~0.5 s) costs less than WORKER_OPT saves.
     shares = [order[i::jobs] for i in range(jobs)]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     threads = numba.get_num_threads()
     procs = [ctx.Process(target=_compile_share, args=(backend, threads, share, queue),
                          daemon=True) for share in shares]
-    for p in procs:
-        p.start()
+    with _worker_environment():
+        for p in procs:
+            p.start()
     from tqdm import tqdm
 
     bar = tqdm(total=len(missing), desc="compiling kernels", unit="kernel", leave=False,
@@ -234,27 +246,18 @@ def free_cores(window: float = 0.25) -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
-def _compile_here(backend: str, order: list, result: dict, progress: bool, t0: float) -> dict:
-    from tqdm import tqdm
-
-    from scratchcnn.kernels import get_backend
-
-    ns = get_backend(backend)
-    with tqdm(total=len(order), desc="compiling kernels", unit="kernel", leave=False,
-              disable=not progress or None) as bar:
-        for name, sig in order:
-            bar.set_postfix_str(name)
-            t = time.perf_counter()
-            if name.startswith("loader:"):
-                from scratchcnn.data.augment import warm_up
-
-                warm_up()
-            else:
-                getattr(ns, name).compile(sig)
-            result["per_kernel"][name] = time.perf_counter() - t
-            bar.update(1)
-    result["seconds"] = time.perf_counter() - t0
-    return result
+@contextmanager
+def _worker_environment() -> Iterator[None]:
+    """``NUMBA_OPT=WORKER_OPT`` in the environment that processes started inside inherit,
+    unless it sets ``NUMBA_OPT`` already (then that level stays)."""
+    if "NUMBA_OPT" in os.environ:
+        yield
+        return
+    os.environ["NUMBA_OPT"] = WORKER_OPT
+    try:
+        yield
+    finally:
+        os.environ.pop("NUMBA_OPT", None)
 
 
 def _manifest(backend: str):

@@ -114,3 +114,23 @@ def test_free_cores_counts_other_processes_now(monkeypatch):
         assert warmup.free_cores(window=0.0) == want, others
     monkeypatch.setattr(threads, "_cpu_busy_seconds", lambda: None)  # not Linux: load average
     assert warmup.free_cores(window=0.0) == 1
+
+
+def test_compile_workers_run_at_worker_opt(monkeypatch):
+    """The spawned compile workers get NUMBA_OPT=WORKER_OPT, unless the user set a level;
+    the caller's environment is left as it was."""
+    import subprocess
+    import sys
+
+    from scratchcnn import warmup
+
+    probe = [sys.executable, "-c", "import numba; print(int(numba.config.OPT))"]
+    monkeypatch.delenv("NUMBA_OPT", raising=False)
+    with warmup._worker_environment():
+        seen = subprocess.run(probe, capture_output=True, text=True, timeout=120).stdout
+    assert seen.strip() == warmup.WORKER_OPT
+    assert "NUMBA_OPT" not in os.environ
+    monkeypatch.setenv("NUMBA_OPT", "1")
+    with warmup._worker_environment():
+        seen = subprocess.run(probe, capture_output=True, text=True, timeout=120).stdout
+    assert seen.strip() == "1" and os.environ["NUMBA_OPT"] == "1"
