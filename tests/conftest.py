@@ -206,3 +206,17 @@ def load_file_as(name: str, path: Path):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def assert_skeleton_fails(check: Callable[[], None], path: Path, marker: str) -> None:
+    """The exercise skeleton ``path`` must fail ``check`` with an AssertionError naming
+    ``marker`` (the check can tell wrong from right); if it passes, the file is no longer
+    the skeleton, and the failure says how to restore it."""
+    try:
+        check()
+    except AssertionError as e:
+        assert marker in str(e), str(e)
+    else:
+        pytest.fail(f"docs/exercises/{path.name} passed the check, so it is no longer the "
+                    "skeleton (a solved exercise?): restore it with "
+                    "`git checkout -- docs/exercises/`")

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import pytest
 
-from conftest import load_file_as
+from conftest import assert_skeleton_fails, load_file_as
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "docs" / "exercises"
@@ -76,11 +76,6 @@ if not STUDENT:  # in student mode docs/exercises/ holds the student's edit, not
         docs/results/racy.md); the check repeats up to 20 times to be sure."""
         if numba.config.NUMBA_NUM_THREADS < 2:
             pytest.fail("needs Numba's pool to have at least 2 threads")
-        try:
-            check_weight_grad(_load(EX / "weight_grad.py"), numba_threads, repeats=20)
-        except AssertionError as e:
-            assert "lost updates" in str(e), str(e)
-        else:
-            pytest.fail("docs/exercises/weight_grad.py passed the check, so it is no longer the "
-                        "skeleton (a solved exercise?): restore it with "
-                        "`git checkout -- docs/exercises/`")
+        path = EX / "weight_grad.py"
+        assert_skeleton_fails(lambda: check_weight_grad(_load(path), numba_threads, repeats=20),
+                              path, "lost updates")

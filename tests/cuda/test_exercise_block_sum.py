@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cuda_unavailable, load_file_as
+from conftest import assert_skeleton_fails, cuda_unavailable, load_file_as
 
 ROOT = Path(__file__).resolve().parents[2]
 EX = ROOT / "docs" / "exercises"
@@ -59,11 +59,5 @@ def test_solution_block_sum():
 
 if not STUDENT:  # in student mode docs/exercises/ holds the student's edit, not the skeleton
     def test_skeleton_block_sum_fails_the_check():
-        try:
-            check_block_sum(_load(EX / "block_sum.py"))
-        except AssertionError as e:
-            assert "exact sum" in str(e), str(e)
-        else:
-            pytest.fail("docs/exercises/block_sum.py passed the check, so it is no longer the "
-                        "skeleton (a solved exercise?): restore it with "
-                        "`git checkout -- docs/exercises/`")
+        path = EX / "block_sum.py"
+        assert_skeleton_fails(lambda: check_block_sum(_load(path)), path, "exact sum")
