@@ -130,6 +130,24 @@ def _env_of(variant: str) -> dict[str, str]:
     return env
 
 
+def _command(argv: list[str]) -> str:
+    """The command line as typed, for the report's first line."""
+    return " ".join([PROG, *map(shlex.quote, argv)])
+
+
+def _fresh_child(flags: list[str], env: dict[str, str], what: str) -> dict:
+    """Run this script with ``flags`` in a fresh process with an empty ``NUMBA_CACHE_DIR``
+    and ``env`` added; its last stdout line, parsed. A failed child ends the run with one
+    line naming ``what`` ran."""
+    with tempfile.TemporaryDirectory() as cache:
+        p = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True,
+                           env=dict(os.environ, **env, NUMBA_CACHE_DIR=cache), timeout=900)
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"{PROG}: error: {what}: {tail}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def step_table(args, argv: list[str]) -> int:
     """``--step``: the whole step's cold compile and run time per variant (see the docstring)."""
     import statistics
@@ -139,16 +157,8 @@ def step_table(args, argv: list[str]) -> int:
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.repeats):
         for v in variants:
-            with tempfile.TemporaryDirectory() as cache:
-                env = dict(os.environ, **envs[v], NUMBA_CACHE_DIR=cache)
-                p = subprocess.run([sys.executable, __file__, "--backend", args.backend,
-                                    "--steps", str(args.steps), "--step-child"], env=env,
-                                   capture_output=True, text=True, timeout=900)
-            if p.returncode != 0:
-                tail = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
-                print(f"{PROG}: error: variant {v!r}: {tail}", file=sys.stderr)
-                return 1
-            runs[v].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            runs[v].append(_fresh_child(["--backend", args.backend, "--steps", str(args.steps),
+                                         "--step-child"], envs[v], f"variant {v!r}"))
             last = runs[v][-1]["compile_wall"]
             print(f"  repeat {r + 1}, {v or 'defaults'}: compile {last:.1f} s", file=sys.stderr)
 
@@ -156,7 +166,7 @@ def step_table(args, argv: list[str]) -> int:
         return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
 
     first = runs[variants[0]][0]["weights_sha256"]
-    print(f"`{PROG} {shlex.join(argv)}`: cold compile of one training step of the reference "
+    print(f"`{_command(argv)}`: cold compile of one training step of the reference "
           f"network ({args.backend} backend, in one process, loader kernels excluded), then "
           f"{args.steps} steps at batch 32; median (min–max) of {args.repeats} fresh "
           f"process(es) per variant, variants interleaved; load average at the end "
@@ -195,18 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.backend)))
         return 0
-    rows = []
-    for opt in args.opt:
-        with tempfile.TemporaryDirectory() as cache:
-            env = dict(os.environ, NUMBA_OPT=str(opt), NUMBA_CACHE_DIR=cache)
-            r = subprocess.run([sys.executable, __file__, "--backend", args.backend, "--child"],
-                               env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            print(f"{PROG}: error: NUMBA_OPT={opt}: {r.stderr.strip().splitlines()[-1:]}",
-                  file=sys.stderr)
-            return 1
-        rows.append((opt, json.loads(r.stdout.strip().splitlines()[-1])))
-    print(f"`{' '.join([PROG, *argv])}`: cold compile + first call of conv2d_forward "
+    rows = [(opt, _fresh_child(["--backend", args.backend, "--child"],
+                               {"NUMBA_OPT": str(opt)}, f"NUMBA_OPT={opt}"))
+            for opt in args.opt]
+    print(f"`{_command(argv)}`: cold compile + first call of conv2d_forward "
           f"({args.backend}), conv2's shapes, load average {os.getloadavg()[0]:.2f}\n")
     top = sorted(rows[0][1]["passes"].items(), key=lambda kv: -kv[1])[:3]
     names = [n for n, _ in top]
