@@ -94,6 +94,9 @@ def step_child(backend: str, steps: int = 30) -> dict:
 
     import numpy as np
 
+    from scratchcnn.lazy_llvm import enable_from_env
+
+    enable_from_env(default=False)  # the variant SCRATCHCNN_LAZY_LLVM=1 measures it
     from scratchcnn.loop import train_step, warm_up
     from scratchcnn.losses import SoftmaxCrossEntropy
     from scratchcnn.model import reference_cnn

@@ -9,28 +9,32 @@ A cold Numba cache costs every kernel's compilation on the first training run
 the reference network uses on one backend -- nothing else:
 
 1. **Which kernels, with which types.** A *dry* pass runs ``loop.warm_up``
-   (one forward and backward pass on zero images, the optimizer, the loader)
+   (one forward and backward pass on zero images, the optimizer)
    with every kernel of the backend replaced by a recorder that notes its
    argument types (``numba.typeof``) and does no arithmetic. That gives the
-   exact (kernel, signature) pairs a step calls: nothing is compiled for a
-   layer or a backend the run does not use.
-2. **Compiled in parallel processes.** The pairs still missing from the cache
-   are dealt to ``--jobs`` worker processes (default: the cores other
-   processes leave free, measured over a quarter second), spawned (no OpenMP
-   state is forked), biggest first, forward kernels in one share and
-   backward kernels in the other (they share helpers); each compiles its
-   share with ``dispatcher.compile(signature)``, which writes the machine
+   exact (kernel, signature) pairs a step calls, plus the data loader's kernels:
+   nothing is compiled for a layer or a backend the run does not use.
+2. **Compiled in parallel processes.** ``--jobs`` worker processes (default: the
+   cores other processes leave free, measured over a quarter second) are
+   spawned (no OpenMP state is forked) at once; each runs the dry pass itself
+   and takes its share of ``deal`` (the same in every worker): the kernels that
+   share big helpers together (the convolution's forward ones, its backward
+   ones), the rest biggest first to the lightest share. Each compiles what the
+   cache lacks with ``dispatcher.compile(signature)``, which writes the machine
    code into the on-disk cache (``NUMBA_CACHE_DIR`` if set). A progress bar
    counts kernels. The workers run LLVM at ``NUMBA_OPT=2`` (``WORKER_OPT``)
-   unless the environment sets ``NUMBA_OPT``; see there.
+   unless the environment sets ``NUMBA_OPT``, with ``scratchcnn.lazy_llvm``
+   on (each parallel kernel's machine code made once); see there.
 3. The caller then loads everything from the cache (``loop.warm_up``).
 
-``ensure_compiled(backend)`` is what ``python -m scratchcnn.train`` calls before
-its warm-up: it says what it is doing when something must be compiled, and
-returns at once when a note it left in the cache folder (the kernel names of
-the last dry pass) finds an index file for every one of them: a warm start runs
-nothing extra. The loader's two small kernels are left to the warm-up (under a
-second cold).
+``begin_start`` is what ``python -m scratchcnn.train`` calls first thing, so
+that its data loads while the workers compile; it says what it is doing when
+something must be compiled, and does nothing when a note it left in the cache
+folder (the kernel names of the last dry pass) finds an index file for every
+one of them: a warm start runs nothing extra. With ``--cold-start
+serial-first`` it compiles the serial kernels first, and the parallel ones
+follow in the background while training runs on the serial ones
+(``CompileJobs.ready``).
 
 Compiling changes no bits: the same functions with the same flags are
 compiled, only in another process (and at LLVM's level 2, which may not
@@ -56,12 +60,6 @@ PROG = "python -m scratchcnn.warmup"
 #: fast-math LLVM may not reorder float arithmetic at any level. Only what the workers
 #: compile is affected: the caller's own Numba keeps its setting.
 WORKER_OPT = "2"
-
-#: Rough compile seconds per kernel measured cold (bench/startup.py, 2-core Xeon, under
-#: load): used only to deal the biggest kernels out first.
-_COST_HINT = {"conv2d_relu_pool_forward": 13, "conv2d_backward": 10, "conv2d_forward": 7,
-              "conv2d_relu_pool_backward": 6}
-
 
 def _typeof_args(args: tuple) -> tuple:
     import numba
@@ -130,90 +128,192 @@ def _cached(backend: str, name: str, sig: tuple) -> bool:
     return True
 
 
-def _compile_share(backend: str, threads: int, share: list[tuple[str, tuple]], queue) -> None:
-    """Worker process: compile ``share`` into the cache, reporting each kernel done."""
+#: Rough compile seconds per kernel (parallel backend, cold, in a worker: 2-core Xeon), for
+#: dealing the kernels out evenly; unlisted kernels count DEFAULT_COST.
+COST_HINT = {"conv2d_relu_pool_forward": 8.4, "conv2d_backward": 6.7,
+             "conv2d_relu_pool_backward": 3.4, "conv2d_forward": 2.5}
+DEFAULT_COST = 0.6
+#: Kernels that share their big helpers stay in one worker (a helper is compiled once per
+#: process): the convolution's forward kernels, and its backward ones.
+TOGETHER = ({"conv2d_relu_pool_forward", "conv2d_forward"},
+            {"conv2d_relu_pool_backward", "conv2d_backward"})
+
+
+def deal(sigs: list[tuple[str, tuple]], jobs: int) -> list[list[tuple[str, tuple]]]:
+    """``sigs`` split into ``jobs`` shares of about equal compile time: kernels that share
+    helpers (``TOGETHER``) in one share, then biggest first to the lightest share.
+    Deterministic, so every worker computes the same shares from the same list."""
+    groups: list[list[tuple[str, tuple]]] = []
+    for names in TOGETHER:
+        g = [p for p in sigs if p[0] in names]
+        if g:
+            groups.append(g)
+    bound = set().union(*TOGETHER)
+    groups += [[p] for p in sigs if p[0] not in bound]
+
+    def cost(g: list[tuple[str, tuple]]) -> float:
+        return sum(COST_HINT.get(n, DEFAULT_COST) for n, _ in g)
+
+    shares: list[list[tuple[str, tuple]]] = [[] for _ in range(max(1, jobs))]
+    load = [0.0] * len(shares)
+    for g in sorted(groups, key=cost, reverse=True):  # stable: ties keep first-call order
+        i = load.index(min(load))
+        shares[i] += g
+        load[i] += cost(g)
+    return shares
+
+
+def _compile_share(backend: str, threads: int, index: int, jobs: int, queue) -> None:
+    """Worker process ``index`` of ``jobs``: the dry pass (each worker runs it: no wait for
+    the caller's), then its share of ``deal`` -- what the cache lacks is compiled into it.
+    Reports ("names", kernel names) (worker 0), ("total", n), then ("done", name, seconds,
+    compiled) per kernel, then None."""
+    from scratchcnn.lazy_llvm import enable_from_env
     from scratchcnn.threads import configure_threads
 
+    enable_from_env(default=True)  # each parallel kernel's machine code once (see there)
     configure_threads(threads)
     from scratchcnn.kernels import get_backend
 
     ns = get_backend(backend)
-    for name, sig in share:
+    sigs = kernel_signatures(backend, loader=True)
+    if index == 0:
+        queue.put(("names", sorted({n for n, _ in sigs if not n.startswith("loader:")})))
+    queue.put(("total", len(sigs)))
+    for name, sig in deal(sigs, jobs)[index]:
         t0 = time.perf_counter()
         if name.startswith("loader:"):
             from scratchcnn.data.augment import warm_up
 
             warm_up()
+            compiled = True
         else:
-            getattr(ns, name).compile(sig)
-        queue.put((name, time.perf_counter() - t0))
+            compiled = not _cached(backend, name, sig)
+            if compiled:
+                getattr(ns, name).compile(sig)
+        queue.put(("done", name, time.perf_counter() - t0, compiled))
     queue.put(None)
 
 
-def compile_missing(backend: str, jobs: int | None = None, *, progress: bool = True,
-                    loader: bool = True, say: Callable[[str], None] | None = None) -> dict:
-    """Compile into the cache whatever one training step on ``backend`` needs and the
-    cache lacks, in ``jobs`` processes (default: the cores). Returns a summary:
-    ``missing`` (count), ``seconds``, ``per_kernel`` {name: seconds in its worker}."""
-    import multiprocessing as mp
+class CompileJobs:
+    """Worker processes filling the cache with one backend's step kernels; started at
+    once, so that the caller can load its data meanwhile, then ``finish()``-ed."""
 
-    import numba
+    def __init__(self, backend: str, jobs: int | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        import multiprocessing as mp
 
-    t0 = time.perf_counter()
-    sigs = kernel_signatures(backend, loader=loader)
-    missing = [(n, s) for n, s in sigs if not _cached(backend, n, s)]
-    try:
-        _manifest(backend).parent.mkdir(parents=True, exist_ok=True)
-        names = sorted({n for n, _ in sigs if not n.startswith("loader:")})
-        _manifest(backend).write_text("\n".join(names) + "\n")
-    except OSError:
-        pass  # a read-only cache: no note, the dry pass runs every time
-    result = {"kernels": len(sigs), "missing": len(missing), "per_kernel": {},
-              "jobs": 0, "seconds": 0.0}
-    if not missing:
-        result["seconds"] = time.perf_counter() - t0
-        return result
-    jobs = max(1, min(jobs or free_cores(), len(missing)))
-    result["jobs"] = jobs
-    if say:
-        say(f"compiling {len(missing)} kernel(s) of the {backend} backend into Numba's cache "
-            f"({os.environ.get('NUMBA_CACHE_DIR') or 'next to the sources'}) in {jobs} "
-            f"process(es); once per machine and Numba version, then cached")
-    order = sorted(missing, key=lambda p: -_COST_HINT.get(p[0], 1))
-    # One job too runs in a worker: its import (~0.5 s) costs less than WORKER_OPT saves.
-    shares = [order[i::jobs] for i in range(jobs)]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    threads = numba.get_num_threads()
-    procs = [ctx.Process(target=_compile_share, args=(backend, threads, share, queue),
-                         daemon=True) for share in shares]
-    with _worker_environment():
-        for p in procs:
-            p.start()
-    from tqdm import tqdm
+        import numba
 
-    bar = tqdm(total=len(missing), desc="compiling kernels", unit="kernel", leave=False,
-               disable=not progress or None)
-    running = len(procs)
-    try:
-        while running:
-            item = queue.get()
-            if item is None:
-                running -= 1
-                continue
-            name, seconds = item
-            result["per_kernel"][name] = result["per_kernel"].get(name, 0.0) + seconds
-            bar.set_postfix_str(name, refresh=False)
-            bar.update(1)
-    finally:
-        bar.close()
-        for p in procs:
+        self.backend = backend
+        self.t0 = time.perf_counter()
+        self.jobs = max(1, jobs or free_cores())
+        self.result = {"kernels": 0, "missing": 0, "per_kernel": {}, "jobs": self.jobs,
+                       "seconds": 0.0}
+        self.names: list[str] | None = None
+        self.running = self.jobs
+        self.finished = False
+        if say:
+            say(f"compiling the {backend} backend's kernels into Numba's cache "
+                f"({os.environ.get('NUMBA_CACHE_DIR') or 'next to the sources'}) in "
+                f"{self.jobs} process(es); once per machine and Numba version, then cached")
+        ctx = mp.get_context("spawn")
+        self.queue = ctx.Queue()
+        threads = numba.get_num_threads()
+        self.procs = [ctx.Process(target=_compile_share,
+                                  args=(backend, threads, i, self.jobs, self.queue), daemon=True)
+                      for i in range(self.jobs)]
+        with _worker_environment():
+            for p in self.procs:
+                p.start()
+
+    def _take(self, item, bar=None) -> None:
+        """Book one message of a worker (see ``_compile_share``)."""
+        r = self.result
+        if item is None:
+            self.running -= 1
+        elif item[0] == "names":
+            self.names = item[1]
+        elif item[0] == "total":
+            if not r["kernels"]:
+                r["kernels"] = item[1]
+                if bar is not None:
+                    bar.total = item[1]
+                    bar.refresh()
+        else:
+            _, name, seconds, compiled = item
+            r["missing"] += compiled
+            r["per_kernel"][name] = r["per_kernel"].get(name, 0.0) + seconds
+            if bar is not None:
+                bar.set_postfix_str(name, refresh=False)
+                bar.update(1)
+
+    def _done(self) -> dict:
+        for p in self.procs:
             p.join()
-    bad = [p.exitcode for p in procs if p.exitcode]
-    if bad:
-        raise RuntimeError(f"a compile worker failed (exit codes {bad})")
-    result["seconds"] = time.perf_counter() - t0
-    return result
+        bad = [p.exitcode for p in self.procs if p.exitcode]
+        if bad:
+            raise RuntimeError(f"a compile worker of the {self.backend} kernels failed (exit "
+                               f"codes {bad})")
+        if self.names:
+            try:
+                _manifest(self.backend).parent.mkdir(parents=True, exist_ok=True)
+                _manifest(self.backend).write_text("\n".join(self.names) + "\n")
+            except OSError:
+                pass  # a read-only cache: no note, the workers run every cold-looking time
+        self.result["seconds"] = time.perf_counter() - self.t0
+        self.finished = True
+        return self.result
+
+    def finish(self, progress: bool = True) -> dict:
+        """Wait for the workers (a progress bar counts kernels); leave the manifest note.
+        Returns ``kernels`` (signatures of a step, loader included), ``missing`` (how many
+        were compiled), ``jobs``, ``seconds`` (since the start), ``per_kernel`` {name:
+        seconds in its worker}."""
+        from tqdm import tqdm
+
+        if self.finished:
+            return self.result
+        bar = tqdm(total=self.result["kernels"] or None, desc="compiling kernels",
+                   unit="kernel", leave=False, disable=not progress or None)
+        try:
+            while self.running:
+                self._take(self.queue.get(), bar)
+        finally:
+            bar.close()
+        return self._done()
+
+    def ready(self) -> bool:
+        """Without blocking: whether every worker has finished (raises if one failed).
+        Cheap enough to ask after every training step."""
+        import queue
+
+        if self.finished:
+            return True
+        try:
+            while self.running:
+                self._take(self.queue.get_nowait())
+        except queue.Empty:
+            return False
+        self._done()
+        return True
+
+    def stop(self) -> None:
+        """Kill the workers still running (the cache keeps what they finished: Numba
+        writes each kernel's files whole)."""
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+            p.join()
+        self.finished = True
+
+
+def compile_missing(backend: str, jobs: int | None = None, *, progress: bool = True,
+                    say: Callable[[str], None] | None = None) -> dict:
+    """Compile into the cache whatever one training step on ``backend`` needs (loader
+    kernels included) and the cache lacks, in ``jobs`` processes (default: the free
+    cores). Returns ``CompileJobs.finish``'s summary."""
+    return CompileJobs(backend, jobs, say).finish(progress)
 
 
 def free_cores(window: float = 0.25) -> int:
@@ -289,16 +389,35 @@ def _looks_warm(backend: str) -> bool:
         for n in names)
 
 
-def ensure_compiled(backend: str, say: Callable[[str], None] = print,
-                    progress: bool = True) -> dict | None:
-    """What the training CLI runs before ``warm_up``: fill the cache in parallel
-    processes if it is cold (saying so), else return quickly. None on the cuda backend
-    (compiled by the driver) or when caching is off."""
+def begin_compile(backend: str, say: Callable[[str], None] = print) -> CompileJobs | None:
+    """Start filling the cache for ``backend`` if it looks cold (saying so); None if there
+    is nothing to do (warm, the cuda backend, caching off). ``finish()`` the result."""
     if backend not in ("serial", "parallel") or os.environ.get("NUMBA_DISABLE_JIT") == "1":
         return None
     if _looks_warm(backend):
-        return {"kernels": None, "missing": 0, "per_kernel": {}, "jobs": 0, "seconds": 0.0}
-    return compile_missing(backend, progress=progress, say=say, loader=False)
+        return None
+    return CompileJobs(backend, say=say)
+
+
+def ensure_compiled(backend: str, say: Callable[[str], None] = print,
+                    progress: bool = True) -> dict | None:
+    """``begin_compile`` and wait: fill the cache in parallel processes if it is cold,
+    else return quickly. None when there was nothing to do."""
+    jobs = begin_compile(backend, say)
+    return None if jobs is None else jobs.finish(progress)
+
+
+def begin_start(backend: str, serial_first: bool, say: Callable[[str], None] = print
+                ) -> tuple[CompileJobs | None, bool]:
+    """What the training CLI starts first thing, before loading its data: the compile
+    workers of ``backend`` if its cache looks cold -- or, for a *serial-first* start of
+    the parallel backend, those of the serial backend (compiled about twice as fast: no
+    ``prange`` lowering), the parallel kernels to follow in a ``BackgroundCompile``
+    while training runs on the serial ones. Returns (workers or None, serial first?)."""
+    if (backend == "parallel" and serial_first and os.environ.get("NUMBA_DISABLE_JIT") != "1"
+            and not _looks_warm("parallel")):
+        return begin_compile("serial", say), True
+    return begin_compile(backend, say), False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,13 @@ if int(os.environ.get("NUMBA_NUM_THREADS", "0") or 0) < _POOL:
 import numba  # noqa: E402
 import pytest  # noqa: E402
 
+# What the CLI's compile workers do (scratchcnn/lazy_llvm.py): each parallel kernel's chain
+# gets machine code once. On here too, so that the bit-level tests (test_fingerprint.py,
+# recorded without it) check the kernels compiled that way -- and the suite compiles faster.
+from scratchcnn.lazy_llvm import enable_from_env  # noqa: E402
+
+enable_from_env(default=True)
+
 THREAD_COUNTS = (1, 2, 3)
 
 

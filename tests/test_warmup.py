@@ -134,3 +134,65 @@ def test_compile_workers_run_at_worker_opt(monkeypatch):
     with warmup._worker_environment():
         seen = subprocess.run(probe, capture_output=True, text=True, timeout=120).stdout
     assert seen.strip() == "1" and os.environ["NUMBA_OPT"] == "1"
+
+
+def test_deal_keeps_helper_sharing_kernels_together_and_balances():
+    from scratchcnn.warmup import COST_HINT, DEFAULT_COST, TOGETHER, deal, kernel_signatures
+
+    sigs = kernel_signatures("parallel")
+    for jobs in (1, 2, 3, 5):
+        shares = deal(sigs, jobs)
+        assert len(shares) == jobs
+        assert sorted(map(repr, sum(shares, []))) == sorted(map(repr, sigs))  # each once
+        assert deal(sigs, jobs) == shares  # deterministic: every worker deals the same
+        for names in TOGETHER:
+            holders = {i for i, s in enumerate(shares) for n, _ in s if n in names}
+            assert len(holders) == 1, (jobs, names, holders)
+    loads = [sum(COST_HINT.get(n, DEFAULT_COST) for n, _ in s) for s in deal(sigs, 2)]
+    assert max(loads) - min(loads) <= DEFAULT_COST + 1e-9, loads  # the small ones even it out
+
+
+def test_switching_backend_between_steps_keeps_the_bits():
+    """A serial-first start trains some steps on the serial kernels, then the rest on the
+    parallel ones: the weights and optimizer state must be those of an all-parallel run."""
+    import numpy as np
+
+    from scratchcnn.loop import train_step
+    from scratchcnn.losses import SoftmaxCrossEntropy
+    from scratchcnn.model import reference_cnn
+    from scratchcnn.optim import Adam
+
+    rng = np.random.default_rng(7)
+    xs = rng.standard_normal((4, 8, 3, 32, 32)).astype(np.float32)
+    ys = rng.integers(0, 10, (4, 8))
+
+    def run(backends: list[str]) -> bytes:
+        m = reference_cnn(seed=2, backend=backends[0])
+        loss, opt = SoftmaxCrossEntropy(backend=backends[0]), Adam(m.parameters(),
+                                                                   backend=backends[0])
+        for x, y, b in zip(xs, ys, backends):
+            m.backend = loss.backend = opt.backend = b
+            train_step(m, loss, opt, x, y)
+        return b"".join(p.value.tobytes() for p in m.parameters()) + b"".join(
+            a.tobytes() for a in opt._flat_state)
+
+    assert run(["serial", "serial", "parallel", "parallel"]) == run(["parallel"] * 4)
+
+
+def test_compile_jobs_ready_does_not_block(tmp_path):
+    """CompileJobs.ready() answers at once while the workers run and True once they are
+    done; finish() then returns the same summary. Serial kernels, warm from the tests
+    before (else this compiles them: slower, same checks)."""
+    import time
+
+    from scratchcnn.warmup import CompileJobs
+
+    jobs = CompileJobs("serial", jobs=1)
+    t0 = time.perf_counter()
+    first = jobs.ready()
+    assert time.perf_counter() - t0 < 0.5 and first is False  # a spawned worker needs > 0.5 s
+    while not jobs.ready():
+        time.sleep(0.1)
+    r = jobs.finish(progress=False)
+    assert r["kernels"] >= 10 and r["jobs"] == 1
+    assert set(r["per_kernel"]) >= {"conv2d_relu_pool_forward", "loader:warm_up"}

@@ -1,0 +1,159 @@
+"""Compile each parallel kernel's machine code once, not four times: defer LLVM's work
+on a Numba code library until something needs that library's machine code.
+
+Why. Numba finalizes every *code library* it builds -- links in the libraries it
+calls, runs LLVM's module optimizer over the result and generates machine code for
+it -- as soon as the library is complete. A ``parallel=True`` kernel is built as a
+chain of libraries, each linking in the one before: the ``prange`` body (a
+"gufunc"), two wrappers around it that Numba generates, and the kernel itself. Each
+link holds the whole body, so the body was optimized and turned into machine code
+four times; only the last copy ever runs (the others are only linked into the next).
+Measured on the 2-core Xeon: 40% of a cold parallel step's LLVM time went to those
+intermediate copies (``python bench/compile_profile.py --step --variant ''
+--variant SCRATCHCNN_LAZY_LLVM=1``; numbers in docs/results/compile_profile.md).
+
+What changes. ``enable()`` replaces ``CPUCodeLibrary.finalize`` by one that links and
+checks the module as before but leaves optimization and machine code for later; the
+first request for the library's machine code (a function pointer: a call from
+Python; its object code: the on-disk cache; its assembly) runs them, exactly as
+Numba would have. A library that is only ever linked into another is optimized as
+part of that one and never turned into machine code on its own.
+
+What does not change. The kernel that runs, and the one written to the cache, went
+through the same optimizer at the same level, over the same IR; without fast-math
+LLVM may not change float results at any level, so the bits are those of a normal
+compile (``tests/test_fingerprint.py`` runs with this on). Only the number of times
+each piece is optimized changes.
+
+Safety. This replaces a Numba internal. ``enable()`` applies only when the methods it
+replaces are the ones it was written against (their source hashes below: Numba 0.68),
+and otherwise leaves Numba alone and returns False -- the compile is then as slow as
+before, never wrong. It is used where only our kernels are compiled: the cache-filling
+worker processes of ``scratchcnn.warmup`` (``SCRATCHCNN_LAZY_LLVM=0`` turns it off
+there), the benchmarks that measure it, and the test suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import weakref
+
+#: sha256 (first 16 hex digits) of the source of each Numba method this module replaces
+#: or repeats, per checked Numba version (``python -m scratchcnn.lazy_llvm`` prints them).
+KNOWN_SOURCES = {
+    "0.68": {
+        "CPUCodeLibrary.finalize": "4b4c34b83488a72f",
+        "CPUCodeLibrary._finalize_final_module": "95bbf4fcbb90ed99",
+    },
+}
+
+_enabled = False
+
+
+def _source_hashes() -> dict[str, str]:
+    from numba.core.codegen import CPUCodeLibrary
+
+    out = {}
+    for name in ("finalize", "_finalize_final_module"):
+        src = inspect.getsource(getattr(CPUCodeLibrary, name))
+        out[f"CPUCodeLibrary.{name}"] = hashlib.sha256(src.encode()).hexdigest()[:16]
+    return out
+
+
+def supported() -> bool:
+    """Whether this Numba's library finalization is the one this module was written for
+    (True once ``enable()`` has replaced it)."""
+    if _enabled:
+        return True
+    try:
+        here = _source_hashes()
+    except (OSError, TypeError, AttributeError, ImportError):
+        return False
+    return here in KNOWN_SOURCES.values()
+
+
+def _finalize(self) -> None:
+    """``CPUCodeLibrary.finalize`` without the optimization and code generation (see
+    ``_materialize``); otherwise Numba 0.68's steps in Numba's order."""
+    from numba.core.codegen import require_global_compiler_lock
+
+    require_global_compiler_lock()
+    self._codegen._check_llvm_bugs()
+    self._raise_if_finalized()
+    seen = set()
+    for library in self._linking_libraries:
+        if library not in seen:
+            self._reload_init.update(library._reload_init)
+            seen.add(library)
+            self._final_module.link_in(library._get_module_for_linking(), preserve=True)
+    self._final_module.verify()
+    self._finalize_dynamic_globals()
+    self._verify_declare_only_symbols()
+    self._lazy_pending = True
+    self._finalized = True
+
+
+def _materialize(self) -> None:
+    """The deferred rest of ``finalize``: optimize the linked module, hand it to the JIT
+    (machine code; the object-cache hook keeps the object code for the on-disk cache)."""
+    if not getattr(self, "_lazy_pending", False):
+        return
+    self._lazy_pending = False
+    self._optimize_final_module()
+    self._final_module.verify()
+    self._shared_module = None  # a later link takes the optimized module
+    # What Numba's _finalize_final_module sets (name-mangled there): lets the JIT's
+    # object-cache hook find the library whose object code it just made.
+    self._final_module._CPUCodeLibrary__library = weakref.proxy(self)
+    cleanup = self._codegen._add_module(self._final_module)
+    if cleanup:
+        weakref.finalize(self, cleanup)
+    self._finalize_specific()
+
+
+def _materializing(method):
+    def wrapper(self, *args, **kwargs):
+        self._ensure_finalized()
+        _materialize(self)
+        return method(self, *args, **kwargs)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    wrapper.__wrapped__ = method
+    return wrapper
+
+
+def enable() -> bool:
+    """Defer each library's optimization and machine code until needed (in this process,
+    from now on). True if applied (or already), False if this Numba is not one it knows."""
+    global _enabled
+    if _enabled:
+        return True
+    if not supported():
+        return False
+    from numba.core import codegen
+
+    codegen.CPUCodeLibrary.finalize = _finalize
+    for cls, name in ((codegen.JITCodeLibrary, "get_pointer_to_function"),
+                      (codegen.CPUCodeLibrary, "_get_compiled_object"),
+                      (codegen.CPUCodeLibrary, "get_llvm_str"),
+                      (codegen.CPUCodeLibrary, "get_asm_str"),
+                      (codegen.CPUCodeLibrary, "get_function_cfg")):
+        setattr(cls, name, _materializing(getattr(cls, name)))
+    _enabled = True
+    return True
+
+
+def enable_from_env(default: bool) -> bool:
+    """``enable()`` unless ``SCRATCHCNN_LAZY_LLVM`` says 0 (or, with ``default`` False,
+    unless it says 1). Returns whether it is on."""
+    want = os.environ.get("SCRATCHCNN_LAZY_LLVM", "1" if default else "0") != "0"
+    return enable() if want else False
+
+
+if __name__ == "__main__":
+    import numba
+
+    print(numba.__version__, _source_hashes(), "supported:", supported())
