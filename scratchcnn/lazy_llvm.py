@@ -46,20 +46,29 @@ KNOWN_SOURCES = {
     "0.68": {
         "CPUCodeLibrary.finalize": "4b4c34b83488a72f",
         "CPUCodeLibrary._finalize_final_module": "95bbf4fcbb90ed99",
+        "parfor_lowering._create_gufunc_for_parfor_body": "82b8b3f21ceffc85",
+        "parfor_lowering.call_parallel_gufunc": "9064dd487dde5ad8",
     },
 }
 
 _enabled = False
 
 
-def _source_hashes() -> dict[str, str]:
+def _replaced():
+    """The Numba functions whose behaviour this module relies on, by name."""
     from numba.core.codegen import CPUCodeLibrary
+    from numba.parfors import parfor_lowering
 
-    out = {}
-    for name in ("finalize", "_finalize_final_module"):
-        src = inspect.getsource(getattr(CPUCodeLibrary, name))
-        out[f"CPUCodeLibrary.{name}"] = hashlib.sha256(src.encode()).hexdigest()[:16]
-    return out
+    return {"CPUCodeLibrary.finalize": CPUCodeLibrary.finalize,
+            "CPUCodeLibrary._finalize_final_module": CPUCodeLibrary._finalize_final_module,
+            "parfor_lowering._create_gufunc_for_parfor_body":
+                parfor_lowering._create_gufunc_for_parfor_body,
+            "parfor_lowering.call_parallel_gufunc": parfor_lowering.call_parallel_gufunc}
+
+
+def _source_hashes() -> dict[str, str]:
+    return {name: hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+            for name, fn in _replaced().items()}
 
 
 def supported() -> bool:
@@ -125,6 +134,25 @@ def _materializing(method):
     return wrapper
 
 
+def _no_entry_point_for_prange_bodies(compile_ir):
+    """``numba.core.compiler.compile_ir`` that compiles a ``prange`` body (the gufunc of
+    parfor lowering) without an entry point callable from Python: nothing calls it
+    from Python -- the wrappers link it by name -- so its library need not become
+    machine code of its own (Numba's ``no_compile`` flag skips only that request)."""
+    def wrapper(*args, pipeline_class=None, **kwargs):
+        if getattr(pipeline_class, "__name__", "") == "ParforGufuncCompiler":
+            args = list(args)
+            flags = args[5].copy()  # compile_ir(typingctx, targetctx, func_ir, args,
+            flags.no_compile = True  #            return_type, flags, locals, ...)
+            args[5] = flags
+        if pipeline_class is not None:
+            kwargs["pipeline_class"] = pipeline_class
+        return compile_ir(*args, **kwargs)
+
+    wrapper.__wrapped__ = compile_ir
+    return wrapper
+
+
 def enable() -> bool:
     """Defer each library's optimization and machine code until needed (in this process,
     from now on). True if applied (or already), False if this Numba is not one it knows."""
@@ -133,9 +161,10 @@ def enable() -> bool:
         return True
     if not supported():
         return False
-    from numba.core import codegen
+    from numba.core import codegen, compiler
 
     codegen.CPUCodeLibrary.finalize = _finalize
+    compiler.compile_ir = _no_entry_point_for_prange_bodies(compiler.compile_ir)
     for cls, name in ((codegen.JITCodeLibrary, "get_pointer_to_function"),
                       (codegen.CPUCodeLibrary, "_get_compiled_object"),
                       (codegen.CPUCodeLibrary, "get_llvm_str"),

@@ -128,11 +128,12 @@ def _cached(backend: str, name: str, sig: tuple) -> bool:
     return True
 
 
-#: Rough compile seconds per kernel (parallel backend, cold, in a worker: 2-core Xeon), for
-#: dealing the kernels out evenly; unlisted kernels count DEFAULT_COST.
-COST_HINT = {"conv2d_relu_pool_forward": 8.4, "conv2d_backward": 6.7,
-             "conv2d_relu_pool_backward": 3.4, "conv2d_forward": 2.5}
-DEFAULT_COST = 0.6
+#: Rough compile seconds per kernel (parallel backend, cold, in a worker, lazy_llvm on:
+#: bench/startup.py's cold-jobs step on the 2-core Xeon), for dealing the kernels out
+#: evenly; unlisted kernels count DEFAULT_COST.
+COST_HINT = {"conv2d_relu_pool_forward": 5.3, "conv2d_backward": 4.3,
+             "conv2d_relu_pool_backward": 1.7, "conv2d_forward": 1.4}
+DEFAULT_COST = 0.45
 #: Kernels that share their big helpers stay in one worker (a helper is compiled once per
 #: process): the convolution's forward kernels, and its backward ones.
 TOGETHER = ({"conv2d_relu_pool_forward", "conv2d_forward"},
@@ -207,7 +208,7 @@ class CompileJobs:
 
         self.backend = backend
         self.t0 = time.perf_counter()
-        self.jobs = max(1, jobs or free_cores())
+        self.jobs = max(1, jobs or free_cores(window=0.1))  # 10 clock ticks a core: enough
         self.result = {"kernels": 0, "missing": 0, "per_kernel": {}, "jobs": self.jobs,
                        "seconds": 0.0}
         self.names: list[str] | None = None
