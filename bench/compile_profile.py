@@ -32,7 +32,10 @@ Each variant (environment variables for the child; "" = as installed) runs in
 a fresh process with an empty ``NUMBA_CACHE_DIR``: it compiles every kernel of
 one training step of the reference network on one backend, in that process
 (``loop.warm_up``, loader kernels excluded), then times ``--steps`` (30) training
-steps on a fixed random batch and fingerprints the weights after them. Variants are
+steps on a fixed random batch and fingerprints the weights after them; a second
+fresh process then loads the kernels from the cache the first one wrote (as a
+training run after the compile workers does) and times the same steps ("warm
+step": the speed of the machine code a variant writes to the cache). Variants are
 interleaved repeat by repeat, because a cold compile on a shared machine
 varies by 20% from one run to the next. The table: compile wall and CPU
 seconds (median, min-max), the step's median time, and whether the weights
@@ -138,17 +141,25 @@ def _command(argv: list[str]) -> str:
     return " ".join([PROG, *map(shlex.quote, argv)])
 
 
-def _fresh_child(flags: list[str], env: dict[str, str], what: str) -> dict:
+def _fresh_child(flags: list[str], env: dict[str, str], what: str,
+                 then: list[str] | None = None) -> dict:
     """Run this script with ``flags`` in a fresh process with an empty ``NUMBA_CACHE_DIR``
-    and ``env`` added; its last stdout line, parsed. A failed child ends the run with one
-    line naming ``what`` ran."""
-    with tempfile.TemporaryDirectory() as cache:
-        p = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True,
+    and ``env`` added; its last stdout line, parsed. With ``then``: one more fresh
+    process with those flags on the cache the first one filled, its line under "then".
+    A failed child ends the run with one line naming ``what`` ran."""
+    def run(cache: str, fl: list[str]) -> dict:
+        p = subprocess.run([sys.executable, __file__, *fl], capture_output=True, text=True,
                            env=dict(os.environ, **env, NUMBA_CACHE_DIR=cache), timeout=900)
-    if p.returncode != 0:
-        tail = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise SystemExit(f"{PROG}: error: {what}: {tail}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+        if p.returncode != 0:
+            tail = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise SystemExit(f"{PROG}: error: {what}: {tail}")
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    with tempfile.TemporaryDirectory() as cache:
+        out = run(cache, flags)
+        if then:
+            out["then"] = run(cache, then)
+    return out
 
 
 def step_table(args, argv: list[str]) -> int:
@@ -160,8 +171,8 @@ def step_table(args, argv: list[str]) -> int:
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.repeats):
         for v in variants:
-            runs[v].append(_fresh_child(["--backend", args.backend, "--steps", str(args.steps),
-                                         "--step-child"], envs[v], f"variant {v!r}"))
+            flags = ["--backend", args.backend, "--steps", str(args.steps), "--step-child"]
+            runs[v].append(_fresh_child(flags, envs[v], f"variant {v!r}", then=flags))
             last = runs[v][-1]["compile_wall"]
             print(f"  repeat {r + 1}, {v or 'defaults'}: compile {last:.1f} s", file=sys.stderr)
 
@@ -171,17 +182,23 @@ def step_table(args, argv: list[str]) -> int:
     first = runs[variants[0]][0]["weights_sha256"]
     print(f"`{_command(argv)}`: cold compile of one training step of the reference "
           f"network ({args.backend} backend, in one process, loader kernels excluded), then "
-          f"{args.steps} steps at batch 32; median (min–max) of {args.repeats} fresh "
-          f"process(es) per variant, variants interleaved; load average at the end "
-          f"{os.getloadavg()[0]:.2f}\n")
-    print("| variant | compile wall s | compile CPU s | step ms | weights = first variant's |")
-    print("|---|---:|---:|---:|---|")
+          f"{args.steps} steps at batch 32; then a second fresh process loads the kernels "
+          f"from the cache the first one wrote (as a run after the compile workers does) "
+          f"and times {args.steps} steps again (warm step); median (min–max) of "
+          f"{args.repeats} pair(s) of processes per variant, variants interleaved; load "
+          f"average at the end {os.getloadavg()[0]:.2f}\n")
+    print("| variant | compile wall s | compile CPU s | step ms | warm step ms "
+          "| weights = first variant's |")
+    print("|---|---:|---:|---:|---:|---|")
     for v in variants:
         rs = runs[v]
-        same = all(x["weights_sha256"] == first for x in rs)
+        same = all(x["weights_sha256"] == first and x["then"]["weights_sha256"] == first
+                   for x in rs)
         print(f"| {v or '(defaults)'} | {spread([x['compile_wall'] for x in rs], '.1f')} | "
               f"{spread([x['compile_cpu'] for x in rs], '.1f')} | "
-              f"{spread([x['step_ms'] for x in rs], '.2f')} | {'yes' if same else 'NO'} |")
+              f"{spread([x['step_ms'] for x in rs], '.2f')} | "
+              f"{spread([x['then']['step_ms'] for x in rs], '.2f')} | "
+              f"{'yes' if same else 'NO'} |")
     return 0
 
 

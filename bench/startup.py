@@ -119,7 +119,11 @@ def render(rep: dict) -> str:
     lines = ["# Start-up: cold and warm Numba cache", "",
              f"Command: `{rep['command']}`  ",
              f"Started {rep['started']} on {rep['cpu_model']} ({rep['cpu_count']} logical "
-             f"cores), backend {rep['backend']}, {rep['threads']} thread(s).", "",
+             f"cores), backend {rep['backend']}, {rep['threads']} thread(s)."
+             + (" Machine speed: float32 GEMM on 1 thread {:.0f} GFLOP/s before the steps, "
+                "{:.0f} after (a shared machine: compare runs only at similar speeds)."
+                .format(*rep["gemm_1thread_gflops"]) if "gemm_1thread_gflops" in rep else ""),
+             "",
              "| step | seconds | load average at start | notes |", "|---|---:|---:|---|"]
     for s in rep["steps"]:
         if s["mode"].startswith("cli"):
@@ -163,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.backend, args.threads, args.jobs)))
         return 0
+    from common import gemm_peak
+
     from scratchcnn.runinfo import cpu_model
 
+    peak_before = gemm_peak()["one_thread_gflops"]  # how fast the (shared) machine is now
     rep = {"command": " ".join([PROG, *map(shlex.quote, argv)]),
            "started": datetime.now().isoformat(timespec="seconds"), "cpu_model": cpu_model(),
            "cpu_count": os.cpu_count(), "backend": args.backend, "threads": args.threads,
@@ -196,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {mode}: {secs:.1f} s (load {load[0]:.2f})", file=sys.stderr, flush=True)
     from common import write_report
 
+    rep["gemm_1thread_gflops"] = [peak_before, gemm_peak()["one_thread_gflops"]]
     write_report(args.out, "startup", rep, render(rep))
     return 0
 
