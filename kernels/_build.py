@@ -46,6 +46,13 @@ def build(fn: Callable, parallel: bool) -> Callable:
     return numba.njit(parallel=parallel, **_COMMON)(_renamed(fn, suffix))
 
 
+#: Every helper's dispatcher (see ``helper``): what ``scratchcnn.lazy_llvm.defer_helpers``
+#: treats as never called from Python in a compile worker.
+HELPERS: list = []
+
+
 def helper(fn: Callable) -> Callable:
     """Compile a small helper called from inside kernels (never itself parallel)."""
-    return numba.njit(inline="never", **_COMMON)(fn)
+    disp = numba.njit(inline="never", **_COMMON)(fn)
+    HELPERS.append(disp)
+    return disp

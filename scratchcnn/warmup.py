@@ -169,12 +169,15 @@ def _compile_share(backend: str, threads: int, index: int, jobs: int, queue) -> 
     the caller's), then its share of ``deal`` -- what the cache lacks is compiled into it.
     Reports ("names", kernel names) (worker 0), ("total", n), then ("done", name, seconds,
     compiled) per kernel, then None."""
-    from scratchcnn.lazy_llvm import enable_from_env
+    from scratchcnn.lazy_llvm import defer_helpers, enable_from_env
     from scratchcnn.threads import configure_threads
 
-    enable_from_env(default=True)  # each parallel kernel's machine code once (see there)
     configure_threads(threads)
     from scratchcnn.kernels import get_backend
+    from scratchcnn.kernels._build import HELPERS
+
+    if enable_from_env(default=True):  # each kernel's machine code once (see there)
+        defer_helpers(HELPERS)  # this process never calls a helper from Python
 
     ns = get_backend(backend)
     sigs = kernel_signatures(backend, loader=True)

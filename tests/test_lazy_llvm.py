@@ -24,7 +24,7 @@ PROBE = textwrap.dedent('''
     from numba import prange
     from numba.core import codegen
 
-    if sys.argv[1] == "1":
+    if sys.argv[1] != "0":
         from scratchcnn.lazy_llvm import enable
         assert enable()
     made = []  # libraries turned into machine code
@@ -45,21 +45,31 @@ PROBE = textwrap.dedent('''
         for i in prange(a.shape[0]):
             out[i] = helper(a, i)
 
+    if sys.argv[1] == "2":  # a compile worker: the helper is never called from Python
+        from scratchcnn.lazy_llvm import defer_helpers
+        assert defer_helpers([helper])
+
     a = np.arange(1000.0)
     out = np.empty_like(a)
     kernel(a, out)
+    try:
+        helper(a, 3)
+        called = "ran"
+    except TypeError:
+        called = "TypeError"
     sig = kernel.signatures[0]
     print(json.dumps({"right": out.tolist() == (a * 2.0 + 1.0).tolist(),
                       "machine_code": made, "cache_hits": sum(kernel.stats.cache_hits.values()),
-                      "asm": "ret" in kernel.inspect_asm(sig)}))
+                      "asm": "ret" in kernel.inspect_asm(sig), "helper_called": called}))
 ''')
 
 
-def _probe(tmp_path, lazy: bool, cache: str) -> dict:
+def _probe(tmp_path, lazy: bool | str, cache: str) -> dict:
     script = tmp_path / "probe_kernel.py"
     script.write_text(PROBE)
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / cache)}
-    r = subprocess.run([sys.executable, str(script), "1" if lazy else "0"], env=env,
+    mode = lazy if isinstance(lazy, str) else ("1" if lazy else "0")
+    r = subprocess.run([sys.executable, str(script), mode], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -91,6 +101,21 @@ def test_one_machine_code_per_chain_same_results_and_a_usable_cache(tmp_path):
     assert "kernel" in lazy["machine_code"]
     # the cache the lazy process wrote serves a plain process: loaded, not compiled
     again = _probe(tmp_path, lazy=False, cache="lazy")
+    assert again["right"] and again["cache_hits"] == 1
+
+
+def test_deferred_helpers_get_no_machine_code_and_cannot_run_from_python(tmp_path):
+    """defer_helpers (compile workers only): the helper's code reaches the kernel (right
+    results, also when loaded from the cache by a plain process) but is never made into
+    machine code on its own; called from Python, the helper raises instead of running."""
+    if not lazy_llvm.supported():
+        pytest.skip("lazy_llvm does not apply to this Numba (see test_known_numba_or_left_alone)")
+    plain = _probe(tmp_path, lazy=False, cache="plain")
+    assert plain["machine_code"].count("helper") >= 1 and plain["helper_called"] == "ran"
+    worker = _probe(tmp_path, lazy="2", cache="worker")
+    assert worker["right"] and "helper" not in worker["machine_code"], worker
+    assert worker["helper_called"] == "TypeError"
+    again = _probe(tmp_path, lazy=False, cache="worker")
     assert again["right"] and again["cache_hits"] == 1
 
 

@@ -267,7 +267,8 @@ def test_serial_first_cold_start(data_dir, tmp_path):
     """--cold-start serial-first on an empty Numba cache: the serial kernels are compiled
     first, the parallel ones in the background (waited for at the end if the run is
     shorter), and the weights are those of a plain parallel run; the run after it starts
-    warm. (A cold compile of both backends: about half a minute on 2 cores.)"""
+    warm, on kernels with the same bits as those the test suite compiled in-process.
+    (A cold compile of both backends: about half a minute on 2 cores.)"""
     cache = tmp_path / "numba-cache"
     env_before = os.environ.get("NUMBA_CACHE_DIR")
     os.environ["NUMBA_CACHE_DIR"] = str(cache)
@@ -287,3 +288,7 @@ def test_serial_first_cold_start(data_dir, tmp_path):
     assert "compiling" not in again.stdout, again.stdout  # the background compile filled it
     train(data_dir, tmp_path / "plain", "--epochs", "2")
     assert same_weights(weights(tmp_path / "first"), weights(tmp_path / "plain"))
+    # "again" ran on the kernels the compile workers wrote (lazy_llvm, deferred helpers);
+    # "plain1" on those of the suite's cache: the same bits
+    train(data_dir, tmp_path / "plain1", "--epochs", "1")
+    assert same_weights(weights(tmp_path / "again"), weights(tmp_path / "plain1"))
