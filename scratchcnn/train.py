@@ -651,7 +651,11 @@ class Trainer:
         """At the end of a run whose parallel kernels still compile: wait for them (the
         next run then starts warm), unless the run was interrupted or Ctrl-C comes."""
         bg, self.background = getattr(self, "background", None), None
-        if bg is None or bg.ready():
+        try:
+            if bg is None or bg.ready():
+                return
+        except RuntimeError as e:  # a worker died: nothing to wait for
+            self._say(f"{e}; the next run compiles the parallel kernels again")
             return
         if interrupted:
             bg.stop()
