@@ -41,13 +41,14 @@ and the test suite.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
 import weakref
 
-#: sha256 (first 16 hex digits) of the source of each Numba method this module replaces
-#: or repeats, per checked Numba version (``python -m scratchcnn.lazy_llvm`` prints them).
+#: sha256 (first 16 hex digits) of the source of each Numba function this module replaces
+#: or relies on, per checked Numba version (``python -m scratchcnn.lazy_llvm`` prints them).
 KNOWN_SOURCES = {
     "0.68": {
         "CPUCodeLibrary.finalize": "4b4c34b83488a72f",
@@ -81,8 +82,8 @@ def _source_hashes() -> dict[str, str]:
 
 
 def supported() -> bool:
-    """Whether this Numba's library finalization is the one this module was written for
-    (True once ``enable()`` has replaced it)."""
+    """Whether this Numba's functions that this module replaces or relies on are the ones
+    it was written for (True once ``enable()`` has replaced them)."""
     if _enabled:
         return True
     try:
@@ -132,14 +133,12 @@ def _materialize(self) -> None:
 
 
 def _materializing(method):
+    @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         self._ensure_finalized()
         _materialize(self)
         return method(self, *args, **kwargs)
 
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
-    wrapper.__wrapped__ = method
     return wrapper
 
 
@@ -158,8 +157,7 @@ def _no_entry_point_for_prange_bodies(compile_ir):
             kwargs["pipeline_class"] = pipeline_class
         return compile_ir(*args, **kwargs)
 
-    wrapper.__wrapped__ = compile_ir
-    return wrapper
+    return functools.wraps(compile_ir)(wrapper)
 
 
 def enable() -> bool:

@@ -283,6 +283,9 @@ class Trainer:
         self.lock = None  # the run folder's RunLock, while this run writes it
         self.out: Path | None = None
         self.last_checkpoint: Path | None = None  # the newest complete checkpoint of this run
+        self.compile_jobs = None  # cache-filling workers started before the data loads
+        self.serial_first = False  # --cold-start serial-first with a cold parallel cache
+        self.background = None  # the parallel kernels compiling while serial ones train
         self.show_progress = not args.no_progress and sys.stderr.isatty() and self.writer
 
     # -- what a data-parallel run changes (scratchcnn/train_distributed.py) ----------------
@@ -447,7 +450,6 @@ class Trainer:
         from scratchcnn.data.datasets import dataset_for_run
 
         a = self.args
-        self.compile_jobs, self.serial_first = None, False
         if not a.eval_only and not a.distributed:  # compile workers first: data loads meanwhile
             from scratchcnn.warmup import begin_start
 
@@ -574,21 +576,20 @@ class Trainer:
         t0 = time.perf_counter()
         from scratchcnn.warmup import CompileJobs, ensure_compiled, free_cores
 
-        self.background = None  # the parallel kernels compiling while serial ones train
-        jobs, self.compile_jobs = getattr(self, "compile_jobs", None), None
+        jobs, self.compile_jobs = self.compile_jobs, None
         if jobs is not None:  # started by run(), before the data: the warm-up began then
             t0 = jobs.t0
             jobs.finish(progress=self.show_progress)
-        elif not getattr(self, "serial_first", False):  # cold cache: compile in processes
+        elif not self.serial_first:  # cold cache: compile in processes
             ensure_compiled(a.backend, say=lambda m: self._say(m, flush=True),
                             progress=self.show_progress)
-        if getattr(self, "serial_first", False):
+        if self.serial_first:
             # the free cores the serial compile measured (else now), less the one that trains
-            jobs = max(1, (jobs.jobs if jobs is not None else free_cores()) - 1)
-            self._say(f"compiling the parallel kernels in the background ({jobs} process(es)); "
+            n = max(1, (jobs.jobs if jobs is not None else free_cores()) - 1)
+            self._say(f"compiling the parallel kernels in the background ({n} process(es)); "
                       f"training starts on the serial kernels and switches to the parallel "
                       f"ones when they are ready (same results, bit for bit)", flush=True)
-            self.background = CompileJobs("parallel", jobs)
+            self.background = CompileJobs("parallel", n)
             self._use_backend("serial")
         warm_up(self.model, self.loss, self.opt, input_shape=data.input_shape)
         compile_seconds = time.perf_counter() - t0
@@ -641,16 +642,18 @@ class Trainer:
                             f"{time.perf_counter() - _LAUNCH:.1f} s after launch")
 
     def _say_above_bar(self, line: str) -> None:
+        """print(), on the process that reports, above a progress bar: tqdm.write clears
+        the bar first, so the line never lands on it."""
         if self.writer:
             from tqdm import tqdm
 
-            tqdm.write(line, file=sys.stdout)  # clears the bar first
+            tqdm.write(line, file=sys.stdout)
             sys.stdout.flush()
 
     def _finish_background(self, interrupted: bool) -> None:
         """At the end of a run whose parallel kernels still compile: wait for them (the
         next run then starts warm), unless the run was interrupted or Ctrl-C comes."""
-        bg, self.background = getattr(self, "background", None), None
+        bg, self.background = self.background, None
         try:
             if bg is None or bg.ready():
                 return
@@ -711,12 +714,9 @@ class Trainer:
             for b, (x, y) in enumerate(loader.epoch(epoch, start=skip), start=skip):
                 if self.first_batch_seconds is None:
                     self.first_batch_seconds = time.perf_counter() - _LAUNCH
-                    # tqdm.write: clears the bar first, so the line never lands on it
-                    if self.writer:
-                        tqdm.write(f"first batch {self.first_batch_seconds:.1f} s after "
-                                   f"launch (data loading, Numba import and JIT warm-up "
-                                   f"included)", file=sys.stdout)
-                        sys.stdout.flush()
+                    self._say_above_bar(f"first batch {self.first_batch_seconds:.1f} s after "
+                                        f"launch (data loading, Numba import and JIT warm-up "
+                                        f"included)")
                 try:
                     step, stopping = self._step(x, y, stop.requested)
                 except FloatingPointError as e:  # loss, gradient or weight not finite

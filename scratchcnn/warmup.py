@@ -15,7 +15,7 @@ the reference network uses on one backend -- nothing else:
    exact (kernel, signature) pairs a step calls, plus the data loader's kernels:
    nothing is compiled for a layer or a backend the run does not use.
 2. **Compiled in parallel processes.** ``--jobs`` worker processes (default: the
-   cores other processes leave free, measured over a quarter second) are
+   cores other processes leave free, measured over a tenth of a second) are
    spawned (no OpenMP state is forked) at once; each runs the dry pass itself
    and takes its share of ``deal`` (the same in every worker): the kernels that
    share big helpers together (the convolution's forward ones, its backward
@@ -167,8 +167,8 @@ def deal(sigs: list[tuple[str, tuple]], jobs: int) -> list[list[tuple[str, tuple
 def _compile_share(backend: str, threads: int, index: int, jobs: int, queue) -> None:
     """Worker process ``index`` of ``jobs``: the dry pass (each worker runs it: no wait for
     the caller's), then its share of ``deal`` -- what the cache lacks is compiled into it.
-    Reports ("names", kernel names) (worker 0), ("total", n), then ("done", name, seconds,
-    compiled) per kernel, then None."""
+    Reports ("total", n) and ("names", kernel names) (worker 0 only), then ("done", name,
+    seconds, compiled) per kernel, then None."""
     from scratchcnn.lazy_llvm import defer_helpers, enable_from_env
     from scratchcnn.threads import configure_threads
 
@@ -182,8 +182,8 @@ def _compile_share(backend: str, threads: int, index: int, jobs: int, queue) -> 
     ns = get_backend(backend)
     sigs = kernel_signatures(backend, loader=True)
     if index == 0:
+        queue.put(("total", len(sigs)))
         queue.put(("names", sorted({n for n, _ in sigs if not n.startswith("loader:")})))
-    queue.put(("total", len(sigs)))
     for name, sig in deal(sigs, jobs)[index]:
         t0 = time.perf_counter()
         if name.startswith("loader:"):
@@ -239,11 +239,10 @@ class CompileJobs:
         elif item[0] == "names":
             self.names = item[1]
         elif item[0] == "total":
-            if not r["kernels"]:
-                r["kernels"] = item[1]
-                if bar is not None:
-                    bar.total = item[1]
-                    bar.refresh()
+            r["kernels"] = item[1]
+            if bar is not None:
+                bar.total = item[1]
+                bar.refresh()
         else:
             _, name, seconds, compiled = item
             r["missing"] += compiled
@@ -415,8 +414,8 @@ def begin_start(backend: str, serial_first: bool, say: Callable[[str], None] = p
                 ) -> tuple[CompileJobs | None, bool]:
     """What the training CLI starts first thing, before loading its data: the compile
     workers of ``backend`` if its cache looks cold -- or, for a *serial-first* start of
-    the parallel backend, those of the serial backend (compiled about twice as fast: no
-    ``prange`` lowering), the parallel kernels to follow in a ``BackgroundCompile``
+    the parallel backend, those of the serial backend (compiled about 1.4x as fast: no
+    ``prange`` lowering), the parallel kernels to follow in another ``CompileJobs``
     while training runs on the serial ones. Returns (workers or None, serial first?)."""
     if (backend == "parallel" and serial_first and os.environ.get("NUMBA_DISABLE_JIT") != "1"
             and not _looks_warm("parallel")):
