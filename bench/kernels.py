@@ -106,12 +106,13 @@ def cases(n: int):
         if name != "conv3":  # what the model runs for conv1/conv2: conv + ReLU + 2x2 pool
             pshape = (n, f, oh // 2, ow // 2)
             pout, am = np.empty(pshape, f32), np.empty(pshape, np.int32)
-            fwd = (x, wt, b, 1, 1, 0, 0, oh, ow, ws["wb"], ws["cols"], ws["tile"], pout, am)
+            fwd = (x, wt, b, 1, 1, 0, 0, oh, ow, True, True, ws["wb"], ws["cols"], ws["tile"],
+                   pout, am)
             serial.conv2d_relu_pool_forward(*fwd)  # a real argmax for the backward rows
             out += [(f"{name} + ReLU + max-pool forward, fused", "conv2d_relu_pool_forward",
                      fwd, flops),
                     (f"{name} backward from the pool, fused", "conv2d_relu_pool_backward",
-                     (arr(*pshape), am, pout, wt, ws["cols"], 1, 1, 0, 0, oh, ow,
+                     (arr(*pshape), am, pout, wt, ws["cols"], 1, 1, 0, 0, oh, ow, True,
                       name != "conv1", ws["tile"], ws["partial"], ws["dcols"], dw, db, dx),
                      flops if name == "conv1" else 2 * flops)]
     for name, c, h in [("pool1", 32, 30), ("pool2", 64, 13)]:
@@ -201,13 +202,14 @@ def ladder_cases(n: int) -> list[tuple[str, str, str, tuple, int, int]]:
         if layer != "conv3":
             pshape = (n, f, oh // 2, ow // 2)
             pout, am = np.empty(pshape, f32), np.empty(pshape, np.int32)
-            fwd = (x, wt, b, 1, 1, 0, 0, oh, ow, ws["wb"], ws["cols"], ws["tile"], pout, am)
+            fwd = (x, wt, b, 1, 1, 0, 0, oh, ow, True, True, ws["wb"], ws["cols"], ws["tile"],
+                   pout, am)
             serial.conv2d_relu_pool_forward(*fwd)
             out += [
                 (layer, "6 conv + ReLU + pool", "conv2d_relu_pool_forward", fwd, fl, 0),
                 (layer, "6 conv + ReLU + pool", "conv2d_relu_pool_backward",
                  (arr(*pshape), am, pout, wt, ws["cols"], 1, 1, 0, 0, oh, ow, True,
-                  ws["tile"], ws["partial"], ws["dcols"], dw, db, dx), 2 * fl, 0),
+                  True, ws["tile"], ws["partial"], ws["dcols"], dw, db, dx), 2 * fl, 0),
                 (layer, "pool alone", "maxpool2d_forward",
                  (y, 2, 2, 2, 2, pout, am), 0, 4 * (y.size + pout.size + am.size)),
             ]

@@ -17,6 +17,14 @@ the convolution's output:
   ``conv2d_backward``: the same bits as ``maxpool2d_backward`` (relu=True)
   followed by ``conv2d_backward``.
 
+``pool=False``: the pair is then a plain convolution (ReLU optional forward;
+backward takes the gradient of the convolution's output), the same bits as
+``conv2d_forward`` / ``conv2d_backward``. The CPU plans run *every* convolution
+through this pair -- conv3, which no pool follows, included --, so a cold start
+compiles two convolution kernels instead of four (each is one of the largest
+compiles; ``bench/startup.py``). The flags are run-time arguments, not literals:
+one compiled kernel serves both uses.
+
 Workspaces: those of the conv kernels (``conv2d_workspace_shapes``), with
 ``tile`` (S, F*G*P). The groups are split into S runs of consecutive groups,
 one slot each (as in ``conv2d_backward``), so the serial build reuses one tile.
@@ -28,7 +36,7 @@ import numpy as np
 from numba import prange
 
 from ._build import helper
-from .conv_fast import backward_group, conv_group_product, fill_wb, sum_group_partials
+from .conv_fast import backward_group, conv_group_product, fill_wb, gather_dout, sum_group_partials
 from .pool import window2x2
 
 __all__ = ["conv2d_relu_pool_forward", "conv2d_relu_pool_backward"]
@@ -36,16 +44,24 @@ __all__ = ["conv2d_relu_pool_forward", "conv2d_relu_pool_backward"]
 
 # Ladder rung 6, vs rung 4 + ReLU + maxpool2d_forward: the pool runs on each group's
 # product in a per-thread tile; the conv output is never written.
-def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, wb, cols, tile, pout, argmax):
+def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, relu, pool, wb, cols, tile, pout,
+                             argmax):
     """relu(conv(x)) then the 2x2, stride-2 max-pool: pout (N, F, OH//2, OW//2) and
-    argmax (flat indices into the OH x OW conv planes, which are never written)."""
+    argmax (flat indices into the OH x OW conv planes, which are never written).
+
+    ``pool=False``: pout (N, F, OH, OW) = conv(x) (relu'd if ``relu``), argmax is not
+    touched: ``conv2d_forward``'s bits. ``pool`` needs ``relu`` (the fused pool is the
+    pool of relu(conv))."""
     N = x.shape[0]
     F, _, KH, KW = w.shape
     P = OH * OW
     NG = cols.shape[0]
     G = N // NG
     S = tile.shape[0]
+    if pool and not relu:
+        raise ValueError("conv2d_relu_pool_forward: pool=True needs relu=True")
     fill_wb(w, b, wb)  # serial helper: no hidden parallel loop
+    zero = x.dtype.type(0)
     # PARALLEL: one run of consecutive groups per iteration (as conv2d_backward):
     # run t writes cols[g] of its own groups, its own tile[t], and the pooled
     # output and argmax of its own samples; a window never leaves its (sample,
@@ -53,20 +69,40 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, wb, cols, tile, po
     for t in prange(S):
         tt = tile[t]
         for g in range(t * NG // S, (t + 1) * NG // S):
-            if G == 1:  # tile as (F, P): the sample's conv planes
+            if G == 1 and not pool:  # the product lands in the sample's output planes
+                on = pout[g].reshape(F, P)
+                conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], on)
+                if relu:  # a select, not a branch: the signs are random
+                    for f in range(F):
+                        for p in range(P):
+                            v = on[f, p]
+                            on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
+            elif G == 1:  # tile as (F, P): the sample's conv planes
                 planes = tt.reshape(F, OH, OW)
                 conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g],
                                    tt.reshape(F, P))
                 for f in range(F):  # relu + pool, literal arguments: specialized copy
                     window2x2(planes[f], 2, 2, True, pout[g, f], argmax[g, f])
             else:  # tile as (G*P, F): pixel rows, channel f every F floats
-                pixels = tt.reshape(G, OH, OW, F)
-                conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g],
-                                   tt.reshape(G * P, F))
-                for s in range(G):
+                go = tt.reshape(G * P, F)
+                conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], go)
+                if pool:
+                    pixels = tt.reshape(G, OH, OW, F)
+                    for s in range(G):
+                        for f in range(F):
+                            window2x2(pixels[s, :, :, f], 2, 2, True, pout[g * G + s, f],
+                                      argmax[g * G + s, f])
+                    continue
+                for s in range(G):  # scatter (pixel, channel) rows to (sample, channel) planes
+                    on = pout[g * G + s].reshape(F, P)
                     for f in range(F):
-                        window2x2(pixels[s, :, :, f], 2, 2, True, pout[g * G + s, f],
-                                  argmax[g * G + s, f])
+                        if relu:
+                            for p in range(P):
+                                v = go[s * P + p, f]
+                                on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
+                        else:
+                            for p in range(P):
+                                on[f, p] = go[s * P + p, f]
 
 
 @helper
@@ -93,9 +129,13 @@ def unpool_relu(dpool, argmax, pout, n0, P, dg):
 
 # Ladder rung 6, vs maxpool2d_backward + rung 5: the unpooled gradient goes to a
 # per-thread tile and straight into rung 5's per-group products.
-def conv2d_relu_pool_backward(dpool, argmax, pout, w, cols, sh, sw, ph, pw, OH, OW, need_dx,
-                              tile, partial, dcols, dw, db, dx):
-    """The gradients of ``conv2d_relu_pool_forward``: dw, db and (if ``need_dx``) dx."""
+def conv2d_relu_pool_backward(dpool, argmax, pout, w, cols, sh, sw, ph, pw, OH, OW, pool,
+                              need_dx, tile, partial, dcols, dw, db, dx):
+    """The gradients of ``conv2d_relu_pool_forward``: dw, db and (if ``need_dx``) dx.
+
+    ``pool=False``: dpool is the gradient of the convolution's output (N, F, OH, OW),
+    any ReLU already applied to it; argmax and pout are not read: ``conv2d_backward``'s
+    bits."""
     N = dpool.shape[0]
     F, C, KH, KW = w.shape
     NG, _, K1 = partial.shape
@@ -110,7 +150,10 @@ def conv2d_relu_pool_backward(dpool, argmax, pout, w, cols, sh, sw, ph, pw, OH, 
     for t in prange(S):
         dg = tile[t].reshape(F, G * P)
         for g in range(t * NG // S, (t + 1) * NG // S):
-            unpool_relu(dpool, argmax, pout, g * G, P, dg)
+            if pool:
+                unpool_relu(dpool, argmax, pout, g * G, P, dg)
+            else:
+                gather_dout(dpool, g * G, G, dg)
             backward_group(dg, w2, cols[g], KH, KW, sh, sw, ph, pw, need_dx, partial[g],
                            dcols[t], dx[g * G:(g + 1) * G])
     # PARALLEL: one output channel per iteration, groups summed in a fixed order.

@@ -59,10 +59,9 @@ class Conv2DPlan:
                              f"size {self.group} chosen for a batch of {gb}")
         self._geometry = (n, c, h, w, f, kh, kw, self.sh, self.sw, self.ph, self.pw)
         shapes = conv2d_workspace_shapes(*self._geometry, group=self.group, slots=1)
-        alloc = {key: np.empty(shapes[key], self.dtype)
-                 for key in ("wb", "cols", "gemm_out", "partial")}
-        self._wb, self._cols = alloc["wb"], alloc["cols"]
-        self._gemm_out, self._partial = alloc["gemm_out"], alloc["partial"]
+        alloc = {key: np.empty(shapes[key], self.dtype) for key in ("wb", "cols", "partial")}
+        self._wb, self._cols, self._partial = alloc["wb"], alloc["cols"], alloc["partial"]
+        self._no_argmax = np.zeros((1, 1, 1, 1), np.int32)  # the pool=False calls' argmax
         self._scratch: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._unused_dx: np.ndarray | None = None
         self.num_groups = self._partial.shape[0]
@@ -87,31 +86,39 @@ class Conv2DPlan:
         return self._unused_dx
 
     # -- the convolution ------------------------------------------------------------
+    # A convolution without a pool runs through the conv + ReLU + pool kernels too, with
+    # pool=False (the bits of conv2d_forward / conv2d_backward): one compiled kernel pair
+    # serves every convolution, so a cold start compiles two conv kernels, not four.
     def forward(self, x, w, b, out, *, relu: bool = False) -> None:
         """out = conv(x, w) + b (then max(., 0) if ``relu``); keeps x's patches for backward."""
-        self._k.conv2d_forward(x, w, b, self.sh, self.sw, self.ph, self.pw, relu,
-                               self._wb, self._cols, self._gemm_out, out)
+        _, tile = self._slot_scratch()
+        self._k.conv2d_relu_pool_forward(x, w, b, self.sh, self.sw, self.ph, self.pw, self.oh,
+                                         self.ow, relu, False, self._wb, self._cols, tile, out,
+                                         self._no_argmax)
 
     def backward(self, dout, w, dw, db, dx=None) -> None:
         """dw, db and (unless ``dx`` is None) dx from d(loss)/d(out) of the last forward."""
-        dcols, _ = self._slot_scratch()
-        self._k.conv2d_backward(dout, w, self._cols, self.sh, self.sw, self.ph, self.pw,
-                                dx is not None, self._gemm_out, self._partial, dcols, dw, db,
-                                self._dx(dx))
+        dcols, tile = self._slot_scratch()
+        self._k.conv2d_relu_pool_backward(dout, self._no_argmax, dout, w, self._cols, self.sh,
+                                          self.sw, self.ph, self.pw, self.oh, self.ow, False,
+                                          dx is not None, tile, self._partial, dcols, dw, db,
+                                          self._dx(dx))
 
     # -- conv + ReLU + 2x2 max-pool as one kernel ---------------------------------------
     def forward_relu_pool(self, x, w, b, pout, argmax) -> None:
         """pout, argmax = maxpool2x2(relu(conv(x, w) + b)); the conv output is never written."""
         _, tile = self._slot_scratch()
         self._k.conv2d_relu_pool_forward(x, w, b, self.sh, self.sw, self.ph, self.pw, self.oh,
-                                         self.ow, self._wb, self._cols, tile, pout, argmax)
+                                         self.ow, True, True, self._wb, self._cols, tile, pout,
+                                         argmax)
 
     def backward_relu_pool(self, dpool, argmax, pout, w, dw, db, dx=None) -> None:
         """The gradients of ``forward_relu_pool`` from d(loss)/d(pout)."""
         dcols, tile = self._slot_scratch()
         self._k.conv2d_relu_pool_backward(dpool, argmax, pout, w, self._cols, self.sh, self.sw,
-                                          self.ph, self.pw, self.oh, self.ow, dx is not None,
-                                          tile, self._partial, dcols, dw, db, self._dx(dx))
+                                          self.ph, self.pw, self.oh, self.ow, True,
+                                          dx is not None, tile, self._partial, dcols, dw, db,
+                                          self._dx(dx))
 
     # -- the weight gradient's pieces -------------------------------------------------
     def gradient_pieces(self) -> dict[str, np.ndarray]:

@@ -130,37 +130,25 @@ def _cached(backend: str, name: str, sig: tuple) -> bool:
 
 #: Rough compile seconds per kernel (parallel backend, cold, in a worker, lazy_llvm on:
 #: bench/startup.py's cold-jobs step on the 2-core Xeon), for dealing the kernels out
-#: evenly; unlisted kernels count DEFAULT_COST.
-COST_HINT = {"conv2d_relu_pool_forward": 5.3, "conv2d_backward": 4.3,
-             "conv2d_relu_pool_backward": 1.7, "conv2d_forward": 1.4}
+#: evenly; unlisted kernels count DEFAULT_COST. Every convolution runs through the two
+#: conv + ReLU + pool kernels (kernels/plans.py), the two biggest compiles by far.
+COST_HINT = {"conv2d_relu_pool_forward": 5.3, "conv2d_relu_pool_backward": 4.3}
 DEFAULT_COST = 0.45
-#: Kernels that share their big helpers stay in one worker (a helper is compiled once per
-#: process): the convolution's forward kernels, and its backward ones.
-TOGETHER = ({"conv2d_relu_pool_forward", "conv2d_forward"},
-            {"conv2d_relu_pool_backward", "conv2d_backward"})
 
 
 def deal(sigs: list[tuple[str, tuple]], jobs: int) -> list[list[tuple[str, tuple]]]:
-    """``sigs`` split into ``jobs`` shares of about equal compile time: kernels that share
-    helpers (``TOGETHER``) in one share, then biggest first to the lightest share.
-    Deterministic, so every worker computes the same shares from the same list."""
-    groups: list[list[tuple[str, tuple]]] = []
-    for names in TOGETHER:
-        g = [p for p in sigs if p[0] in names]
-        if g:
-            groups.append(g)
-    bound = set().union(*TOGETHER)
-    groups += [[p] for p in sigs if p[0] not in bound]
-
-    def cost(g: list[tuple[str, tuple]]) -> float:
-        return sum(COST_HINT.get(n, DEFAULT_COST) for n, _ in g)
+    """``sigs`` split into ``jobs`` shares of about equal compile time: biggest first, each
+    to the lightest share. Deterministic, so every worker computes the same shares from
+    the same list."""
+    def cost(p: tuple[str, tuple]) -> float:
+        return COST_HINT.get(p[0], DEFAULT_COST)
 
     shares: list[list[tuple[str, tuple]]] = [[] for _ in range(max(1, jobs))]
     load = [0.0] * len(shares)
-    for g in sorted(groups, key=cost, reverse=True):  # stable: ties keep first-call order
+    for p in sorted(sigs, key=cost, reverse=True):  # stable: ties keep first-call order
         i = load.index(min(load))
-        shares[i] += g
-        load[i] += cost(g)
+        shares[i].append(p)
+        load[i] += cost(p)
     return shares
 
 

@@ -62,14 +62,14 @@ def test_fused_kernels_equal_separate_kernels(case, be, dtype, numba_threads):
             fws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (s, s),
                                   (p, p), dtype, group, slots)
             fpout, fam = np.full(pshape, np.nan, dtype), np.full(pshape, -1, np.int32)
-            be.conv2d_relu_pool_forward(x, wt, b, s, s, p, p, oh, ow, fws["wb"], fws["cols"],
-                                        fws["tile"], fpout, fam)
+            be.conv2d_relu_pool_forward(x, wt, b, s, s, p, p, oh, ow, True, True, fws["wb"],
+                                        fws["cols"], fws["tile"], fpout, fam)
             assert _bits(fpout) == _bits(pout) and _bits(fam) == _bits(am)
             assert _bits(fws["cols"]) == _bits(ws["cols"])  # kept for backward, as unfused
             for need_dx in (True, False):
                 fdx, fdw, fdb = (np.full(a.shape, np.nan, dtype) for a in (x, wt, b))
                 be.conv2d_relu_pool_backward(dpool, fam, fpout, wt, fws["cols"], s, s, p, p,
-                                             oh, ow, need_dx, fws["tile"], fws["partial"],
+                                             oh, ow, True, need_dx, fws["tile"], fws["partial"],
                                              fws["dcols"], fdw, fdb, fdx)
                 assert _bits(fdw) == _bits(dw) and _bits(fdb) == _bits(db)
                 if need_dx:
@@ -77,6 +77,76 @@ def test_fused_kernels_equal_separate_kernels(case, be, dtype, numba_threads):
                 else:
                     assert np.isnan(fdx).all()  # not touched
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("be", [serial, parallel], ids=lambda b: b.name)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fused_kernels_without_pool_equal_conv_kernels(case, be, dtype, numba_threads):
+    """pool=False (how the plans run a convolution no pool follows): the bits of
+    conv2d_forward and conv2d_backward, with and without the ReLU, every group size and
+    slot count; argmax is never touched."""
+    n, c, h, w, f, k, s, p = case
+    numba_threads(2)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    dout = rng.standard_normal((n, f, oh, ow)).astype(dtype)
+    no_argmax = np.full((1, 1, 1, 1), -7, np.int32)
+    for group in [g for g in range(1, n + 1) if n % g == 0]:
+        for slots in (None, 1, 2):
+            for relu in (True, False):
+                ws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (s, s),
+                                     (p, p), dtype, group, slots)
+                out = np.full(dout.shape, np.nan, dtype)
+                be.conv2d_forward(x, wt, b, s, s, p, p, relu, ws["wb"], ws["cols"],
+                                  ws["gemm_out"], out)
+                dx, dw, db = (np.full(a.shape, np.nan, dtype) for a in (x, wt, b))
+                be.conv2d_backward(dout, wt, ws["cols"], s, s, p, p, True, ws["gemm_out"],
+                                   ws["partial"], ws["dcols"], dw, db, dx)
+                fws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (s, s),
+                                      (p, p), dtype, group, slots)
+                fout = np.full(dout.shape, np.nan, dtype)
+                be.conv2d_relu_pool_forward(x, wt, b, s, s, p, p, oh, ow, relu, False,
+                                            fws["wb"], fws["cols"], fws["tile"], fout,
+                                            no_argmax)
+                assert _bits(fout) == _bits(out)
+                assert _bits(fws["cols"]) == _bits(ws["cols"])
+                fdx, fdw, fdb = (np.full(a.shape, np.nan, dtype) for a in (x, wt, b))
+                be.conv2d_relu_pool_backward(dout, no_argmax, dout, wt, fws["cols"], s, s, p,
+                                             p, oh, ow, False, True, fws["tile"],
+                                             fws["partial"], fws["dcols"], fdw, fdb, fdx)
+                assert _bits(fdw) == _bits(dw) and _bits(fdb) == _bits(db)
+                assert _bits(fdx) == _bits(dx)
+    assert no_argmax.ravel().tolist() == [-7]
+
+
+def test_fused_forward_refuses_a_pool_without_relu():
+    x = np.ones((2, 1, 4, 4), np.float32)
+    wt, b = np.ones((1, 1, 3, 3), np.float32), np.zeros(1, np.float32)
+    ws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (1, 1), (0, 0),
+                         np.float32)
+    pout, am = np.empty((2, 1, 1, 1), np.float32), np.empty((2, 1, 1, 1), np.int32)
+    with pytest.raises(ValueError, match="pool=True needs relu=True"):
+        serial.conv2d_relu_pool_forward(x, wt, b, 1, 1, 0, 0, 2, 2, False, True, ws["wb"],
+                                        ws["cols"], ws["tile"], pout, am)
+
+
+def test_plans_run_every_convolution_through_the_fused_pair(monkeypatch):
+    """The reference network's training step calls no other convolution kernel (so a cold
+    start compiles two conv kernels), and conv3 gets the bits it had on conv2d_forward /
+    conv2d_backward."""
+    calls = []
+    for name in ("conv2d_forward", "conv2d_backward", "conv2d_relu_pool_forward",
+                 "conv2d_relu_pool_backward"):
+        kernel = getattr(serial, name)
+        monkeypatch.setattr(serial, name,
+                            lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    _step("serial", True)
+    assert set(calls) == {"conv2d_relu_pool_forward", "conv2d_relu_pool_backward"}
+    assert len(calls) == 6  # conv1+pool1, conv2+pool2, conv3: forward and backward
 
 def _step(backend: str, fuse: bool, dtype=np.float32):
     rng = np.random.default_rng(1)

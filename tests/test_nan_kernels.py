@@ -111,8 +111,8 @@ def test_conv_relu_and_fused_pool_propagate_nan(be, dtype, group):
     fws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (1, 1), (0, 0), dtype,
                           group)
     fpout, fam = np.full(pshape, 7, dtype), np.full(pshape, -1, np.int32)
-    be.conv2d_relu_pool_forward(x, wt, b, 1, 1, 0, 0, oh, ow, fws["wb"], fws["cols"],
-                                fws["tile"], fpout, fam)
+    be.conv2d_relu_pool_forward(x, wt, b, 1, 1, 0, 0, oh, ow, True, True, fws["wb"],
+                                fws["cols"], fws["tile"], fpout, fam)
     assert _bits(fpout) == _bits(pout) and _bits(fam) == _bits(am)
     phit = np.zeros(pshape, bool)
     phit[1, :, 0:2, 1:3] = True  # the pooled windows over rows 0..3, columns 2..5
@@ -134,7 +134,7 @@ def test_fused_relu_pool_finite_zero_windows(dtype):
     ws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (1, 1), (0, 0), dtype)
     pout = np.full((n, 1, 2, 2), 7, dtype)
     am = np.full((n, 1, 2, 2), -1, np.int32)
-    serial.conv2d_relu_pool_forward(x, wt, b, 1, 1, 0, 0, h, w, ws["wb"], ws["cols"],
-                                    ws["tile"], pout, am)
+    serial.conv2d_relu_pool_forward(x, wt, b, 1, 1, 0, 0, h, w, True, True, ws["wb"],
+                                    ws["cols"], ws["tile"], pout, am)
     assert _bits(pout) == _bits(np.array([[[[0.0, 0.0], [0.0, 2.0]]]], dtype))
     assert am.ravel().tolist() == [0, 2, 8, 15]
