@@ -5,8 +5,9 @@ its backend for a plan per input shape (``backend.conv2d_plan(...)``) and calls
 ``plan.forward(x, w, b, out)`` / ``plan.backward(dout, w, dw, db, dx)``. The
 plan owns everything the fast kernels need besides their inputs and outputs:
 the workspaces (the weights and bias side by side, the unrolled patches kept
-from forward for the weight gradient, a group's product, the per-group partial
-weight gradients, per-thread scratch), the sample-group size, and the number of
+from forward for the weight gradient, the per-group partial weight gradients,
+per-thread scratch: a tile for a group's product, its patch gradients), the
+sample-group size, and the number of
 scratch slots, which on the parallel backend follows the current thread count.
 None of it changes a result bit: the group size depends only on the shapes,
 and the slot count only decides which scratch a thread reuses (tests check).

@@ -17,9 +17,10 @@ the reference network uses on one backend -- nothing else:
 2. **Compiled in parallel processes.** ``--jobs`` worker processes (default: the
    cores other processes leave free, measured over a tenth of a second) are
    spawned (no OpenMP state is forked) at once; each runs the dry pass itself
-   and takes its share of ``deal`` (the same in every worker): the kernels that
-   share big helpers together (the convolution's forward ones, its backward
-   ones), the rest biggest first to the lightest share. Each compiles what the
+   and takes its share of ``deal`` (the same in every worker): biggest first to
+   the lightest share, so the two convolution kernels (every convolution runs
+   through the conv + ReLU + pool pair: ``kernels/plans.py``) go to different
+   workers. Each compiles what the
    cache lacks with ``dispatcher.compile(signature)``, which writes the machine
    code into the on-disk cache (``NUMBA_CACHE_DIR`` if set). A progress bar
    counts kernels. The workers run LLVM at ``NUMBA_OPT=2`` (``WORKER_OPT``)

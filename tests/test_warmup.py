@@ -229,9 +229,7 @@ def test_compile_jobs_fill_the_cache_in_a_worker():
     before (else this compiles them: slower, same checks)."""
     import time
 
-    from scratchcnn.warmup import CompileJobs
-
-    from scratchcnn.warmup import kernel_signatures
+    from scratchcnn.warmup import CompileJobs, kernel_signatures
 
     jobs = CompileJobs("serial", jobs=1)
     while not jobs.ready():
