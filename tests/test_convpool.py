@@ -123,6 +123,35 @@ def test_fused_kernels_without_pool_equal_conv_kernels(case, be, dtype, numba_th
     assert no_argmax.ravel().tolist() == [-7]
 
 
+@pytest.mark.parametrize("be", [serial, parallel], ids=lambda b: b.name)
+def test_fused_pool_breaks_ties_like_the_separate_pool(be, numba_threads):
+    """Small integers: most windows hold their maximum twice or more (and many are all
+    <= 0). The channel-wise pool of pixel rows (G > 1) and the plane-wise one (G = 1)
+    must pick the argmax the separate pool picks: the first maximum, row-major."""
+    numba_threads(2)
+    rng = np.random.default_rng(3)
+    n, c, h, w, f = 4, 2, 9, 8, 16
+    x = rng.integers(-1, 2, (n, c, h, w)).astype(np.float32)
+    wt = rng.integers(-1, 2, (f, c, 3, 3)).astype(np.float32)
+    b = np.zeros(f, np.float32)
+    oh, ow = h - 2, w - 2
+    pshape = (n, f, oh // 2, ow // 2)
+    for group in (1, 2, 4):
+        ws = conv_workspaces(conv2d_workspace_shapes, x.shape, wt.shape, (1, 1), (0, 0),
+                             np.float32, group)
+        out = np.empty((n, f, oh, ow), np.float32)
+        be.conv2d_forward(x, wt, b, 1, 1, 0, 0, True, ws["wb"], ws["cols"], ws["gemm_out"],
+                          out)
+        pout, am = np.empty(pshape, np.float32), np.empty(pshape, np.int32)
+        be.maxpool2d_forward(out, 2, 2, 2, 2, pout, am)
+        fpout, fam = np.full(pshape, np.nan, np.float32), np.full(pshape, -1, np.int32)
+        be.conv2d_relu_pool_forward(x, wt, b, 1, 1, 0, 0, oh, ow, True, True, ws["wb"],
+                                    ws["cols"], ws["tile"], fpout, fam)
+        assert _bits(fpout) == _bits(pout) and _bits(fam) == _bits(am)
+        windows = out[:, :, :oh // 2 * 2, :ow // 2 * 2].reshape(n, f, oh // 2, 2, ow // 2, 2)
+        ties = (windows == pout[:, :, :, None, :, None]).sum(axis=(3, 5)) > 1
+        assert ties.mean() > 0.15  # the case really has ties (here about a quarter)
+
 def test_fused_forward_refuses_a_pool_without_relu():
     x = np.ones((2, 1, 4, 4), np.float32)
     wt, b = np.ones((1, 1, 3, 3), np.float32), np.zeros(1, np.float32)
