@@ -30,9 +30,9 @@ def maxpool2d_forward(x, KH, KW, sh, sw, out, argmax):
         ap = argmax[nc // C, nc % C]
         if KH == 2 and KW == 2:
             if sh == 2 and sw == 2:  # literal strides: Numba compiles a copy of the
-                window2x2(xp, 2, 2, False, op, ap)  # helper specialized to them (20% faster)
+                window2x2(xp, 2, 2, False, op, ap, False)  # helper specialized to them (20% faster)
             else:
-                window2x2(xp, sh, sw, False, op, ap)
+                window2x2(xp, sh, sw, False, op, ap, False)
             continue
         for i in range(OH):
             for j in range(OW):
@@ -78,7 +78,7 @@ def window2x2_nan(xp, sh, sw, relu, op, ap):
 
 
 @helper
-def window2x2(xp, sh, sw, relu, op, ap):
+def window2x2(xp, sh, sw, relu, op, ap, finite):
     """The 2x2 window (the network's only pool), unrolled.
 
     ``relu``: pool relu(xp) instead (kernels/convpool.py), applied once per
@@ -86,50 +86,57 @@ def window2x2(xp, sh, sw, relu, op, ap):
     after the ReLU, so its first pixel wins the tie; otherwise the argmax is the
     same either way. Callers pass a literal True/False (a specialized copy each).
 
+    Each comparison picks the new maximum and its offset with a conditional
+    expression (selects, not branches that mispredict on real activations).
+
     NaN: a comparison with a NaN is false, so the plain comparisons below would
-    hide it. A second loop adds x - x over the pooled pixels into ``check``, which
-    stays 0 unless one is a NaN or an infinity (checks inside the window loop made
-    the pool up to 3x slower); such a plane is pooled again by ``window2x2_nan``,
-    where a NaN window pools to NaN at its first NaN.
+    hide it. Unless the caller knows the plane is finite (``finite``: the fused
+    kernel checks its whole tile at once, a vectorizable pass), a second loop asks
+    of every pooled pixel whether x - x != 0 (true only for a NaN or an infinity;
+    checks inside the window loop made the pool up to 3x slower); such a plane is
+    pooled again by ``window2x2_nan``, where a NaN window pools to NaN at its first
+    NaN.
     """
     W = xp.shape[1]
     OH, OW = op.shape
     zero = xp.dtype.type(0)
-    check = zero
     for i in range(OH):
         r0 = i * sh
+        top, bottom = xp[r0], xp[r0 + 1]
+        o, a = op[i], ap[i]
         for j in range(OW):
             c0 = j * sw
-            best = xp[r0, c0]
-            at = r0 * W + c0
-            v = xp[r0, c0 + 1]  # same row-major order as the general loop: ties
-            if v > best:        # keep the first maximum
-                best = v
-                at = r0 * W + c0 + 1
-            v = xp[r0 + 1, c0]
-            if v > best:
-                best = v
-                at = (r0 + 1) * W + c0
-            v = xp[r0 + 1, c0 + 1]
-            if v > best:
-                best = v
-                at = (r0 + 1) * W + c0 + 1
-            if relu and best <= zero:
-                best = zero
-                at = r0 * W + c0
-            op[i, j] = best
-            ap[i, j] = at
-    c1 = c2 = c3 = zero  # NaN or inf anywhere pooled: x - x is NaN there, else 0
-    for i in range(OH):      # (four sums: independent additions run side by side)
+            best = top[c0]  # same row-major order as the general loop: ties keep the
+            at = 0          # first maximum (a later pixel must be strictly greater)
+            v = top[c0 + 1]
+            up = v > best
+            best = v if up else best
+            at = 1 if up else at
+            v = bottom[c0]
+            up = v > best
+            best = v if up else best
+            at = W if up else at
+            v = bottom[c0 + 1]
+            up = v > best
+            best = v if up else best
+            at = W + 1 if up else at
+            if relu:
+                dead = best <= zero
+                best = zero if dead else best
+                at = 0 if dead else at
+            o[j] = best
+            a[j] = r0 * W + c0 + at
+    if finite:
+        return
+    bad = False  # NaN or inf anywhere pooled: x - x is NaN there, else 0
+    for i in range(OH):
         top, bottom = xp[i * sh], xp[i * sh + 1]
         for j in range(OW):
             c0 = j * sw
-            check += top[c0] - top[c0]
-            c1 += top[c0 + 1] - top[c0 + 1]
-            c2 += bottom[c0] - bottom[c0]
-            c3 += bottom[c0 + 1] - bottom[c0 + 1]
-    check += c1 + c2 + c3
-    if check != check:
+            bad |= ((top[c0] - top[c0] != zero) | (top[c0 + 1] - top[c0 + 1] != zero)
+                    | (bottom[c0] - bottom[c0] != zero)
+                    | (bottom[c0 + 1] - bottom[c0 + 1] != zero))
+    if bad:
         window2x2_nan(xp, sh, sw, relu, op, ap)
 
 
