@@ -391,6 +391,22 @@ def conv_group_product(x, n0, G, KH, KW, sh, sw, ph, pw, wb, cg, prod):
         np.dot(cg, wb.T, prod)  # (G*P, K+1) @ (K+1, F)
 
 
+@helper
+def rows_to_planes(go, s, relu, on):
+    """on (F, P) = the rows of sample s in a group's product go (G*P, F), one plane per
+    channel (then max(., 0) if ``relu``)."""
+    F, P = on.shape
+    zero = go.dtype.type(0)
+    for f in range(F):
+        if relu:
+            for p in range(P):
+                v = go[s * P + p, f]
+                on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
+        else:
+            for p in range(P):
+                on[f, p] = go[s * P + p, f]
+
+
 # Ladder rung 4 (docs/ladder.md), vs rung 3 (conv.py's conv2d_forward_gemm): G samples
 # per product (im2row for G > 1), the bias folded into the product.
 def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
@@ -420,15 +436,7 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
             go = gemm_out[g]
             conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], go)
             for s in range(G):  # scatter (pixel, channel) rows to (sample, channel) planes
-                on = out[g * G + s].reshape(F, P)
-                for f in range(F):
-                    if relu:
-                        for p in range(P):
-                            v = go[s * P + p, f]
-                            on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
-                    else:
-                        for p in range(P):
-                            on[f, p] = go[s * P + p, f]
+                rows_to_planes(go, s, relu, out[g * G + s].reshape(F, P))
 
 
 # Ladder rung 4, vs rung 3 (conv2d_backward_input_gemm): one product per group of samples,

@@ -48,6 +48,7 @@ from .conv_fast import (
     conv_group_product,
     fill_wb,
     gather_dout,
+    rows_to_planes,
     sum_group_partials,
 )
 from .pool import window2x2
@@ -165,15 +166,7 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, relu, pool, wb, co
                                       argmax[g * G + s, f], finite)
                     continue
                 for s in range(G):  # scatter (pixel, channel) rows to (sample, channel) planes
-                    on = pout[g * G + s].reshape(F, P)
-                    for f in range(F):
-                        if relu:
-                            for p in range(P):
-                                v = go[s * P + p, f]
-                                on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
-                        else:
-                            for p in range(P):
-                                on[f, p] = go[s * P + p, f]
+                    rows_to_planes(go, s, relu, pout[g * G + s].reshape(F, P))
 
 
 @helper

@@ -29,17 +29,22 @@ def _bits(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a).tobytes()
 
 
+def _conv_inputs(case, dtype, seed):
+    """(rng, x, w, b, OH, OW) of a CASES entry, random normal; rng continues after them."""
+    n, c, h, w, f, k, s, p = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    return rng, x, wt, b, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("be", [serial, parallel], ids=lambda b: b.name)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_fused_kernels_equal_separate_kernels(case, be, dtype, numba_threads):
     n, c, h, w, f, k, s, p = case
     numba_threads(2)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
-    b = rng.standard_normal(f).astype(dtype)
-    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    rng, x, wt, b, oh, ow = _conv_inputs(case, dtype, seed=0)
     pshape = (n, f, oh // 2, ow // 2)
     dpool = rng.standard_normal(pshape).astype(dtype)
     groups = [g for g in range(1, n + 1) if n % g == 0]
@@ -88,11 +93,7 @@ def test_fused_kernels_without_pool_equal_conv_kernels(case, be, dtype, numba_th
     slot count; argmax is never touched."""
     n, c, h, w, f, k, s, p = case
     numba_threads(2)
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
-    b = rng.standard_normal(f).astype(dtype)
-    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    rng, x, wt, b, oh, ow = _conv_inputs(case, dtype, seed=2)
     dout = rng.standard_normal((n, f, oh, ow)).astype(dtype)
     no_argmax = np.full((1, 1, 1, 1), -7, np.int32)
     for group in [g for g in range(1, n + 1) if n % g == 0]:
