@@ -13,12 +13,11 @@ the convolution's output:
   and its argmax: the same bits as ``conv2d_forward`` (relu=True) followed by
   ``maxpool2d_forward`` (2x2, stride 2). With G > 1 the tile holds pixel rows
   (a pixel's channels side by side), and the pool's innermost loop runs over
-  the channels (``relu_pool_pixel_rows``: vectorized, conv2's pool 4x faster
-  than plane by plane); a tile holding a NaN or an infinity is pooled plane by
-  plane (``window2x2``, whose NaN rules the layer documents). With G = 1
-  (conv1) the tile holds the sample's planes, pooled plane by plane, after one
-  vectorized all-finite check of the whole tile instead of one ordered check
-  per plane (conv1's forward ~20% faster).
+  the channels (``relu_pool_pixel_rows``, which the compiler vectorizes); a
+  tile holding a NaN or an infinity is pooled plane by plane (``window2x2``,
+  whose NaN rules the layer documents). With G = 1 (conv1) the tile holds the
+  sample's planes, pooled plane by plane, after one vectorized all-finite check
+  of the whole tile instead of one check per plane.
 - ``conv2d_relu_pool_backward``: per group, the pooled gradient is unpooled
   into the tile (the ReLU mask included), then the two products of
   ``conv2d_backward``: the same bits as ``maxpool2d_backward`` (relu=True)
@@ -80,7 +79,7 @@ def relu_pool_pixel_rows(rows, OH, OW, po, ao):
     window order, a later pixel wins only if strictly greater, a window whose maximum
     is <= 0 pools to 0 at its first pixel -- so the same bits; but the innermost loop
     runs over the channels, contiguous in a pixel row, so the compiler vectorizes it
-    (window2x2 walks one plane, 2 pixels wide: no vector fits; 3-4x slower here)."""
+    (``window2x2`` walks one plane, reading every other pixel of short rows)."""
     F = rows.shape[1]
     PH, PW = po.shape[1], po.shape[2]
     zero = rows.dtype.type(0)
@@ -154,14 +153,16 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, relu, pool, wb, co
                 go = tt.reshape(G * P, F)
                 conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], go)
                 if pool:
-                    pixels = tt.reshape(G, OH, OW, F)
                     finite = all_finite(go)
                     for s in range(G):
                         if finite:  # the window loop runs over the channels of a pixel row
                             relu_pool_pixel_rows(go[s * P:(s + 1) * P], OH, OW,
                                                  pout[g * G + s], argmax[g * G + s])
                             continue
-                        for f in range(F):  # a NaN or inf: plane by plane, NaN rules
+                        # a NaN or inf: plane by plane, NaN rules (finite is False here; a
+                        # variable, not a literal, so no second copy of window2x2 compiles)
+                        pixels = tt.reshape(G, OH, OW, F)
+                        for f in range(F):
                             window2x2(pixels[s, :, :, f], 2, 2, True, pout[g * G + s, f],
                                       argmax[g * G + s, f], finite)
                     continue
