@@ -13,7 +13,9 @@ libgomp) load, e.g. ``parallel@2:OMP_WAIT_POLICY=passive``.
 
 Every configuration lives in a child process of its own, set up once
 (thread-pool sizes, wait policies and threading layers are fixed when the
-libraries load; PyTorch and Numba each bring an OpenMP runtime): the same
+libraries load; PyTorch and Numba each bring an OpenMP runtime, and a torch
+configuration's process never starts Numba's thread pool, which made torch@2
+2x slower next to it): the same
 model from the same seed, the same ``BatchLoader`` batches (the network of
 ``bench/harness.py``), warmed up (JIT, not timed). Then, ``--rounds`` times,
 each configuration in turn (the order rotates every round, so that a change in
@@ -119,7 +121,11 @@ def worker(args, config: str) -> None:
     from scratchcnn.threads import adapt_threads, configure_threads, default_threads
 
     threads = default_threads() if kind == "cli" else (n or 1)
-    configure_threads(threads if kind != "serial" else 1)
+    if kind != "torch":
+        # Not for torch: numba.set_num_threads starts Numba's OpenMP runtime, and next to
+        # it PyTorch's own made torch@2 2x slower (5.2 vs 2.6 s on 8,192 images, torch@1
+        # unchanged) -- as bench/torch_ref.py's TorchProcessRun says for compare.py.
+        configure_threads(threads if kind != "serial" else 1)
     governor = adapt_threads(threads, "parallel") if kind == "cli" else None  # as main()
     import numba
     from compare import load_data
