@@ -453,6 +453,9 @@ class Trainer:
         if not a.eval_only and not a.distributed:  # compile workers first: data loads meanwhile
             from scratchcnn.warmup import begin_start
 
+            if a.resume:  # a bad checkpoint, or flags it contradicts, fail before compiling
+                self._settings()
+
             self.compile_jobs, self.serial_first = begin_start(
                 a.backend, a.cold_start == "serial-first", say=lambda m: print(m, flush=True))
         try:

@@ -217,6 +217,19 @@ def test_bad_resume_and_eval_paths(data_dir, tmp_path):
                       "junk.npz")
 
 
+def test_bad_resume_fails_before_compiling(data_dir, tmp_path):
+    """A cold Numba cache and a junk checkpoint: the one-line error comes before any
+    compile worker starts (no "compiling ..." line, no wait for the kernels)."""
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"\x00" * 100)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold-cache")}
+    r = subprocess.run([sys.executable, "-m", "scratchcnn.train", "--data-dir", str(data_dir),
+                        "--no-progress", "--resume", str(junk)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    _one_line_failure(r, "junk.npz")
+    assert "compiling" not in r.stdout, r.stdout
+
+
 def test_eval_only(data_dir, tmp_path):
     out = tmp_path / "run"
     train(data_dir, out, "--epochs", "1")
