@@ -392,6 +392,17 @@ def conv_group_product(x, n0, G, KH, KW, sh, sw, ph, pw, wb, cg, prod):
 
 
 @helper
+def relu_in_place(on):
+    """on = max(on, 0), element by element, on a 2-D array: a select, not a branch (the
+    signs are random, a branch mispredicts); relu(NaN) = NaN."""
+    zero = on.dtype.type(0)
+    for f in range(on.shape[0]):
+        for p in range(on.shape[1]):
+            v = on[f, p]
+            on[f, p] = zero if v <= zero else v
+
+
+@helper
 def rows_to_planes(go, s, relu, on):
     """on (F, P) = the rows of sample s in a group's product go (G*P, F), one plane per
     channel (then max(., 0) if ``relu``)."""
@@ -417,7 +428,6 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
     NG = cols.shape[0]
     G = N // NG
     fill_wb(w, b, wb)  # a serial helper: `wb[:, :K] = ...` here would be a parallel loop
-    zero = x.dtype.type(0)
     # PARALLEL: one group of G samples per iteration. Group g reads its samples
     # of x, writes only its own workspaces cols[g] / gemm_out[g] and the output
     # planes of its own samples; the weights are only read. (Splitting a loop
@@ -427,11 +437,8 @@ def conv2d_forward(x, w, b, sh, sw, ph, pw, relu, wb, cols, gemm_out, out):
         if G == 1:  # the product lands directly in this sample's output planes
             on = out[g].reshape(F, P)
             conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], on)
-            if relu:  # a select, not a branch: the signs are random, a branch mispredicts
-                for f in range(F):
-                    for p in range(P):
-                        v = on[f, p]
-                        on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
+            if relu:
+                relu_in_place(on)
         else:
             go = gemm_out[g]
             conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], go)

@@ -47,6 +47,7 @@ from .conv_fast import (
     conv_group_product,
     fill_wb,
     gather_dout,
+    relu_in_place,
     rows_to_planes,
     sum_group_partials,
 )
@@ -126,7 +127,6 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, relu, pool, wb, co
     if pool and not relu:
         raise ValueError("conv2d_relu_pool_forward: pool=True needs relu=True")
     fill_wb(w, b, wb)  # serial helper: no hidden parallel loop
-    zero = x.dtype.type(0)
     # PARALLEL: one run of consecutive groups per iteration (as conv2d_backward):
     # run t writes cols[g] of its own groups, its own tile[t], and the pooled
     # output and argmax of its own samples; a window never leaves its (sample,
@@ -137,11 +137,8 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, relu, pool, wb, co
             if G == 1 and not pool:  # the product lands in the sample's output planes
                 on = pout[g].reshape(F, P)
                 conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g], on)
-                if relu:  # a select, not a branch: the signs are random
-                    for f in range(F):
-                        for p in range(P):
-                            v = on[f, p]
-                            on[f, p] = zero if v <= zero else v  # relu(NaN) = NaN
+                if relu:
+                    relu_in_place(on)
             elif G == 1:  # tile as (F, P): the sample's conv planes
                 planes = tt.reshape(F, OH, OW)
                 conv_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, wb, cols[g],
