@@ -286,6 +286,7 @@ class Trainer:
         self.compile_jobs = None  # cache-filling workers started before the data loads
         self.serial_first = False  # --cold-start serial-first with a cold parallel cache
         self.background = None  # the parallel kernels compiling while serial ones train
+        self._resumed = None  # (path, arrays, progress) of --resume, read once
         self.show_progress = not args.no_progress and sys.stderr.isatty() and self.writer
 
     # -- what a data-parallel run changes (scratchcnn/train_distributed.py) ----------------
@@ -369,8 +370,10 @@ class Trainer:
             self.resume_arrays, self.resume_path = None, None
             progress = Progress()
         else:
-            self.resume_path = resolve_checkpoint(a.resume)
-            self.resume_arrays, progress = read_progress(self.resume_path)
+            if self._resumed is None:  # run() reads it before compiling, set-up after
+                path = resolve_checkpoint(a.resume)
+                self._resumed = (path, *read_progress(path))
+            self.resume_path, self.resume_arrays, progress = self._resumed
             settings = _checked_settings(progress.config.get("settings"), self.resume_path)
             for k, v in given.items():
                 if v is not None and v != settings[k]:
