@@ -38,6 +38,7 @@ def _conv_inputs(case, dtype, seed):
     b = rng.standard_normal(f).astype(dtype)
     return rng, x, wt, b, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("be", [serial, parallel], ids=lambda b: b.name)
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -81,7 +82,6 @@ def test_fused_kernels_equal_separate_kernels(case, be, dtype, numba_threads):
                     assert _bits(fdx) == _bits(dx)
                 else:
                     assert np.isnan(fdx).all()  # not touched
-
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -153,6 +153,7 @@ def test_fused_pool_breaks_ties_like_the_separate_pool(be, numba_threads):
         ties = (windows == pout[:, :, :, None, :, None]).sum(axis=(3, 5)) > 1
         assert ties.mean() > 0.15  # the case really has ties (here about a quarter)
 
+
 def test_fused_forward_refuses_a_pool_without_relu():
     x = np.ones((2, 1, 4, 4), np.float32)
     wt, b = np.ones((1, 1, 3, 3), np.float32), np.zeros(1, np.float32)
@@ -166,8 +167,8 @@ def test_fused_forward_refuses_a_pool_without_relu():
 
 def test_plans_run_every_convolution_through_the_fused_pair(monkeypatch):
     """The reference network's training step calls no other convolution kernel (so a cold
-    start compiles two conv kernels), and conv3 gets the bits it had on conv2d_forward /
-    conv2d_backward."""
+    start compiles two conv kernels); that conv3's pool=False calls keep conv2d_forward /
+    conv2d_backward's bits is test_fused_kernels_without_pool_equal_conv_kernels."""
     calls = []
     for name in ("conv2d_forward", "conv2d_backward", "conv2d_relu_pool_forward",
                  "conv2d_relu_pool_backward"):
@@ -177,6 +178,7 @@ def test_plans_run_every_convolution_through_the_fused_pair(monkeypatch):
     _step("serial", True)
     assert set(calls) == {"conv2d_relu_pool_forward", "conv2d_relu_pool_backward"}
     assert len(calls) == 6  # conv1+pool1, conv2+pool2, conv3: forward and backward
+
 
 def _step(backend: str, fuse: bool, dtype=np.float32):
     rng = np.random.default_rng(1)
