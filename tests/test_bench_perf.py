@@ -1,6 +1,6 @@
 """bench/neighbour.py, bench/startup.py, bench/tta.py, bench/peak_gap.py,
-bench/compile_profile.py: flags, arithmetic and report structure only (the real runs take
-minutes on a quiet machine; no timing is asserted anywhere)."""
+bench/compile_profile.py, bench/products.py: flags, arithmetic and report structure only
+(the real runs take minutes on a quiet machine; no timing is asserted anywhere)."""
 
 from __future__ import annotations
 
@@ -151,3 +151,47 @@ def test_compile_profile_variants():
                         "--variant", "NUMBA_OPT"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "expected NAME=VALUE" in r.stderr
+
+
+def test_products_table_arithmetic():
+    import products
+
+    config = {"step_ms": {"conv1 forward": 3.0, "optimizer": 1.0},
+              "products_ms": {"conv1 forward": 2.0},
+              "flops": {"conv1 forward": 2e7}}
+    md, totals = products.table(config, peak_gflops=20.0)
+    # 2e7 FLOPs at 20 GFLOP/s = 1 ms at the peak: the step (4 ms) is at 25%, the products
+    # alone (2 ms) at 50%; glue = the conv's 1 ms + the optimizer's 1 ms
+    assert totals["step_ms"] == pytest.approx(4.0)
+    assert totals["glue_ms"] == pytest.approx(2.0) and totals["glue_share"] == pytest.approx(0.5)
+    assert totals["step_peak_fraction"] == pytest.approx(0.25)
+    assert totals["products_peak_fraction"] == pytest.approx(0.5)
+    assert "| conv1 forward | 3.000 | 2.000 | 50% | 1.000 | 25.0% |" in md
+    assert "| optimizer | 1.000 | 0.000 | - | 1.000 | 25.0% |" in md
+
+
+def test_products_run_covers_every_product(tmp_path):
+    """A tiny real run: both configurations, every conv and dense part has its products,
+    and their FLOPs add up to the hand count of the network (bench/harness.py)."""
+    import json
+
+    out = tmp_path / "p"
+    r = subprocess.run([sys.executable, str(BENCH / "products.py"), "--threads", "2",
+                        "--steps", "2", "--rounds", "1", "--gemm-size", "128", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((out / "products.json").read_text())
+    assert [c["name"] for c in rep["configurations"]] == ["serial", "parallel@2"]
+    per_image = 3_110_400 + 18_690_048 + 3_538_944 + 393_216 + 3_840  # tests/test_bench_quick
+    for c in rep["configurations"]:
+        layers = ("conv1", "conv2", "conv3", "dense1", "dense2")
+        want = {f"{n} {d}" for n in layers for d in ("forward", "backward")}
+        assert set(c["products_ms"]) == want and set(c["flops"]) == want
+        assert want <= set(c["step_ms"]) and "optimizer" in c["step_ms"]
+        assert all(v > 0 for v in c["products_ms"].values())
+        assert sum(c["flops"].values()) == pytest.approx(32 * per_image)
+        t = c["totals"]
+        assert t["glue_ms"] == pytest.approx(t["step_ms"] - t["products_ms"])
+        assert t["step_ms"] == pytest.approx(sum(c["step_ms"].values()))
+    md = (out / "products.md").read_text()
+    assert "#### serial" in md and "#### parallel@2" in md and "products.py --threads 2" in md

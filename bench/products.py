@@ -1,0 +1,260 @@
+"""How much of a training step is matrix products, and how much is the code around them.
+
+    python bench/products.py --threads 2 --out docs/results/products
+
+The kernels spend their FLOPs in BLAS matrix products (``np.dot``, one thread
+each) and the rest of their time on the data movement around them: unrolling
+patches (``im2col``/``im2row``), folding patch gradients back
+(``col2im``/``row2im``), the fused ReLU + max-pool and its unpool, gathers, the
+per-group sums, the dense layer's weight-gradient loops, the loss, Adam and the
+loop's own Python ("glue" below). This benchmark separates the two, in one run,
+on the reference network at batch 32 (one fixed random batch, as
+``bench/fusion.py``), for the serial backend and for the parallel one at
+``--threads``:
+
+* **step, by part**: a full training step (forward, loss, backward, Adam,
+  ``scratchcnn.loop.train_step``), with the per-part timers of
+  ``bench/compare.py``'s breakdown; ms per step (median over rounds);
+* **products, by part**: the same BLAS calls the kernels make in a step -- same
+  shapes, same sample groups, operands as large as the plan's (a whole batch
+  of patches), split over the threads as the kernels split them -- and
+  nothing else, timed alone (median over rounds). The dense layer's weight
+  gradient is plain loops in the kernel (``kernels/dense.py``); its row counts
+  the one product ``x.T @ dy`` that would replace them;
+* **glue** = step - products, per part and in all; and the ceiling of this
+  design: the step's FLOPs at the products' speed, as a % of the GEMM peak
+  (``bench/common.py``), next to the step's own %.
+
+Ratios and shares, not seconds, are what carry over between runs of this shared
+machine. Writes ``products.json`` and ``products.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PROG = "python bench/products.py"
+BATCH = 32
+
+
+def _compile(parallel: bool) -> dict:
+    """The kernels of ``blas_calls.py``, serial or parallel build (imported late: Numba
+    must not load before ``configure_threads``)."""
+    import blas_calls
+
+    from scratchcnn.kernels._build import build
+
+    return {name: build(getattr(blas_calls, name), parallel) for name in blas_calls.__all__}
+
+
+def _median_ms(fn, steps: int, rounds: int) -> float:
+    fn()
+    meds = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        meds.append(statistics.median(times))
+    return statistics.median(meds) * 1e3
+
+
+class ProductCases:
+    """The BLAS calls of one training step of ``model``, by breakdown part, as callables."""
+
+    def __init__(self, model, kernels: dict, slots: int, blocks: int) -> None:
+        import numpy as np
+
+        from scratchcnn.fusion import ConvReLUPool
+        from scratchcnn.layers import Conv2D, Dense
+
+        rng = np.random.default_rng(0)
+        self.calls: dict[str, object] = {}
+        self.flops: dict[str, float] = {}
+        first = True
+        shape: tuple[int, ...] = (3, 32, 32)  # per sample, into each step
+        for step in model.steps:
+            conv = step.conv if isinstance(step, ConvReLUPool) else step
+            in_shape, shape = shape, step.output_shape(shape)
+            if isinstance(conv, Conv2D):
+                plan = conv.plan_for((BATCH, *in_shape))  # the plan the step used
+                F, C, KH, KW = conv.weight.value.shape
+                K, P, G, NG = C * KH * KW, plan.oh * plan.ow, plan.group, plan.num_groups
+                cols = rng.standard_normal(plan._cols.shape, dtype=np.float32)
+                wb = rng.standard_normal((F, K + 1), dtype=np.float32)
+                w2 = np.ascontiguousarray(wb[:, :K])
+                s = min(slots, NG)
+                fwd_out = np.empty((s, F, P) if G == 1 else (s, G * P, F), np.float32)
+                dg = rng.standard_normal((s, F, G * P), dtype=np.float32)
+                partial = np.empty((NG, F, K + 1), np.float32)
+                dcols = np.empty((s, K, P) if G == 1 else (s, G * P, K), np.float32)
+                need_dx = not first
+                f = kernels["conv_forward_products"]
+                b = kernels["conv_backward_products"]
+                self.calls[f"{conv.name} forward"] = (
+                    lambda f=f, a=(wb, cols, G == 1, fwd_out): f(*a))
+                self.calls[f"{conv.name} backward"] = (
+                    lambda b=b, a=(dg, w2, cols, G == 1, need_dx, partial, dcols): b(*a))
+                fl = 2.0 * BATCH * P * K * F
+                self.flops[f"{conv.name} forward"] = fl
+                self.flops[f"{conv.name} backward"] = fl * (2 if need_dx else 1)
+                first = False
+            elif isinstance(step, Dense):
+                I, O = step.weight.value.shape
+                x = rng.standard_normal((BATCH, I), dtype=np.float32)
+                w = rng.standard_normal((I, O), dtype=np.float32)
+                dy = rng.standard_normal((BATCH, O), dtype=np.float32)
+                out, dx = np.empty((BATCH, O), np.float32), np.empty((BATCH, I), np.float32)
+                dw = np.empty((I, O), np.float32)
+                df, db = kernels["dense_forward_products"], kernels["dense_backward_products"]
+                self.calls[f"{step.name} forward"] = (
+                    lambda df=df, a=(x, w, out, blocks): df(*a))
+                self.calls[f"{step.name} backward"] = (
+                    lambda db=db, a=(x, w, dy, dx, dw, blocks): db(*a))
+                fl = 2.0 * BATCH * I * O
+                self.flops[f"{step.name} forward"] = fl
+                self.flops[f"{step.name} backward"] = 2 * fl
+
+
+def _step_parts(model, loss, opt, x, y, steps: int, rounds: int) -> dict[str, float]:
+    """Median ms per step of each breakdown part (and 'other', the step's remainder)."""
+    from harness import Timers
+
+    from scratchcnn.loop import train_step
+
+    timers = Timers()
+    timers.instrument(model, loss, opt)
+    for _ in range(10):  # warm caches (and compile)
+        train_step(model, loss, opt, x, y)
+    per_round: list[dict[str, float]] = []
+    for _ in range(rounds):
+        timers.reset()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, loss, opt, x, y)
+        total = (time.perf_counter() - t0) / steps * 1e3
+        parts = {k: v / steps * 1e3 for k, v in timers.seconds.items()}
+        parts["other"] = max(total - sum(parts.values()), 0.0)
+        per_round.append(parts)
+    return {k: statistics.median(r.get(k, 0.0) for r in per_round) for k in per_round[0]}
+
+
+def measure(backend: str, threads: int, steps: int, rounds: int) -> dict:
+    """Step parts and product times (ms per step) of one configuration."""
+    import numba
+    import numpy as np
+
+    from scratchcnn.kernels.dense import SAMPLES
+    from scratchcnn.losses import SoftmaxCrossEntropy
+    from scratchcnn.model import reference_cnn
+    from scratchcnn.optim import Adam
+
+    if backend == "parallel":
+        numba.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.random((BATCH, 3, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, BATCH)
+    model = reference_cnn(seed=0, backend=backend)
+    loss, opt = SoftmaxCrossEntropy(backend=backend), Adam(model.parameters(), backend=backend)
+    parts = _step_parts(model, loss, opt, x, y, steps, rounds)
+    cases = ProductCases(model, _compile(backend == "parallel"), threads, SAMPLES)
+    products = {}
+    for part, call in cases.calls.items():
+        products[part] = _median_ms(call, steps, rounds)
+    return {"name": "serial" if backend == "serial" else f"parallel@{threads}",
+            "threads": threads, "step_ms": parts, "products_ms": products, "flops": cases.flops}
+
+
+def table(config: dict, peak_gflops: float) -> tuple[str, dict]:
+    """Markdown rows and totals of one configuration."""
+    step, prod, flops = config["step_ms"], config["products_ms"], config["flops"]
+    total = sum(step.values())
+    prod_total = sum(prod.values())
+    fl = sum(flops.values())
+    rows = []
+    for part, ms in sorted(step.items(), key=lambda kv: -(kv[1] - prod.get(kv[0], 0.0))):
+        p = prod.get(part, 0.0)
+        speed = f"{flops[part] / p / 1e6 / peak_gflops * 100:.0f}%" if p > 0 else "-"
+        rows.append(f"| {part} | {ms:.3f} | {p:.3f} | {speed} | {ms - p:.3f} | "
+                    f"{(ms - p) / total * 100:.1f}% |")
+    totals = {"step_ms": total, "products_ms": prod_total, "glue_ms": total - prod_total,
+              "glue_share": (total - prod_total) / total,
+              "step_peak_fraction": fl / total / 1e6 / peak_gflops,
+              "products_peak_fraction": fl / prod_total / 1e6 / peak_gflops,
+              "peak_gflops": peak_gflops}
+    head = ("| part | step ms | products ms | products' % of peak | glue ms | glue, % of step |\n"
+            "|---|---:|---:|---:|---:|---:|")
+    tail = (f"| **step** | **{total:.3f}** | **{prod_total:.3f}** | "
+            f"**{totals['products_peak_fraction'] * 100:.0f}%** | "
+            f"**{total - prod_total:.3f}** | **{totals['glue_share'] * 100:.0f}%** |")
+    return "\n".join([head, *rows, tail]), totals
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="Numba threads of the parallel configuration")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds (medians over them)")
+    p.add_argument("--gemm-size", type=int, default=2048, help="size of the GEMM peak probe")
+    p.add_argument("--out", type=Path, default=Path("bench/results/products"),
+                   help="output folder")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    if args.threads < 1 or args.steps < 1 or args.rounds < 1:
+        sys.exit(f"{PROG}: error: --threads, --steps and --rounds must be >= 1")
+    from scratchcnn.threads import configure_threads
+
+    configure_threads(args.threads)
+    from common import gemm_peak, machine_summary, write_report
+    from harness import peak_for
+
+    peak = gemm_peak(args.gemm_size)
+    configs = [measure("serial", 1, args.steps, args.rounds),
+               measure("parallel", args.threads, args.steps, args.rounds)]
+    info = machine_summary()
+    cmd = (f"{PROG} --threads {args.threads} --steps {args.steps} --rounds {args.rounds}"
+           + ("" if args.gemm_size == 2048 else f" --gemm-size {args.gemm_size}")
+           + f" --out {args.out}")
+    md = [f"### Products and glue in a training step\n\n`{cmd}`\n",
+          f"Machine: {info['cpu_model']}, {info['cpu_count']} cores, Numba {info['numba']} "
+          f"(threading layer {info['threading_layer']}), NumPy {info['numpy']}; float32 GEMM "
+          f"peak ({args.gemm_size}²): {peak['one_thread_gflops']:.0f} GFLOP/s on 1 thread, "
+          f"{peak['all_threads_gflops']:.0f} on {peak['all_threads']}; load average at start "
+          f"{os.getloadavg()[0]:.2f}. Reference network, batch 32, one fixed random batch; "
+          f"medians over {args.rounds} rounds of {args.steps} steps.\n"]
+    for c in configs:
+        pk = peak_for(c["threads"], peak)
+        rows, totals = table(c, pk)
+        c["totals"] = totals
+        md += [f"#### {c['name']} (peak {pk:.0f} GFLOP/s)\n", rows, "",
+               f"The step runs at **{totals['step_peak_fraction'] * 100:.0f}%** of the peak; "
+               f"its products alone at **{totals['products_peak_fraction'] * 100:.0f}%**. "
+               f"Glue: **{totals['glue_ms']:.2f} ms of {totals['step_ms']:.2f} "
+               f"({totals['glue_share'] * 100:.0f}%)**: were it free, the step would run at "
+               f"the products' {totals['products_peak_fraction'] * 100:.0f}%.\n"]
+    md.append("Step ms: the part's share of a full training step (per-part timers, as "
+              "`bench/compare.py`'s breakdown; conv1 and conv2 include their fused ReLU and "
+              "max-pool; 'other' is the step's time outside the timed parts). Products ms: "
+              "the same BLAS calls alone, operands as large as the plan's (the dense "
+              "layers' weight gradient counted as the one product that would replace its "
+              "loops). Products' % of peak: the part's FLOPs at the products' speed. Glue: "
+              "step - products.\n")
+    write_report(args.out, "products", {"command": cmd, "machine": info, "gemm_peak": peak,
+                                        "configurations": configs}, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
