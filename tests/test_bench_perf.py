@@ -166,6 +166,8 @@ def test_products_table_arithmetic():
     assert totals["glue_ms"] == pytest.approx(2.0) and totals["glue_share"] == pytest.approx(0.5)
     assert totals["step_peak_fraction"] == pytest.approx(0.25)
     assert totals["products_peak_fraction"] == pytest.approx(0.5)
+    # at 40% of the peak the step may take 2.5 ms: 2 ms of products leave 0.5 ms of glue
+    assert products.table(config, 20.0, target=0.4)[1]["glue_ms_at_target"] == pytest.approx(0.5)
     assert "| conv1 forward | 3.000 | 2.000 | 50% | 1.000 | 25.0% |" in md
     assert "| optimizer | 1.000 | 0.000 | - | 1.000 | 25.0% |" in md
 
