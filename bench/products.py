@@ -90,7 +90,8 @@ class ProductCases:
                 plan = conv.plan_for((BATCH, *in_shape))  # the plan the step used
                 F, C, KH, KW = conv.weight.value.shape
                 K, P, G, NG = C * KH * KW, plan.oh * plan.ow, plan.group, plan.num_groups
-                cols = rng.standard_normal(plan._cols.shape, dtype=np.float32)
+                cols_shape = (NG, K + 1, P) if G == 1 else (NG, G * P, K + 1)  # the plan's
+                cols = rng.standard_normal(cols_shape, dtype=np.float32)
                 wb = rng.standard_normal((F, K + 1), dtype=np.float32)
                 w2 = np.ascontiguousarray(wb[:, :K])
                 s = min(slots, NG)
