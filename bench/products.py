@@ -25,7 +25,12 @@ on the reference network at batch 32 (one fixed random batch, as
   design: the step's FLOPs at the products' speed, as a % of the GEMM peak
   (``bench/common.py``), next to the step's own %; and how much glue a step
   could keep and still reach ``--target`` (default 55%, the performance
-  issue's goal at 2 threads) of the peak, its products as fast as now.
+  issue's goal at 2 threads) of the peak, its products as fast as now;
+* **the convolutions' glue, piece by piece**: each piece of data movement of
+  the conv kernels (unrolling patches, pool or scatter, unpool or gather,
+  folding patch gradients back, the per-group sums) timed alone the same way
+  (``bench/glue_calls.py``), and the rest of each part's glue that no piece
+  accounts for.
 
 Ratios and shares, not seconds, are what carry over between runs of this shared
 machine. Writes ``products.json`` and ``products.md`` to ``--out``.
@@ -38,6 +43,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,13 +53,15 @@ BATCH = 32
 
 
 def _compile(parallel: bool) -> dict:
-    """The kernels of ``blas_calls.py``, serial or parallel build (imported late: Numba
-    must not load before ``configure_threads``)."""
+    """The kernels of ``blas_calls.py`` and ``glue_calls.py``, serial or parallel build
+    (imported late: Numba must not load before ``configure_threads``)."""
     import blas_calls
+    import glue_calls
 
     from scratchcnn.kernels._build import build
 
-    return {name: build(getattr(blas_calls, name), parallel) for name in blas_calls.__all__}
+    return {name: build(getattr(mod, name), parallel)
+            for mod in (blas_calls, glue_calls) for name in mod.__all__}
 
 
 def _median_ms(fn, steps: int, rounds: int) -> float:
@@ -81,6 +89,8 @@ class ProductCases:
         rng = np.random.default_rng(0)
         self.calls: dict[str, object] = {}
         self.flops: dict[str, float] = {}
+        #: (part, piece) -> callable: the glue pieces of the convolutions (glue_calls.py)
+        self.glue: dict[tuple[str, str], object] = {}
         first = True
         shape: tuple[int, ...] = (3, 32, 32)  # per sample, into each step
         for step in model.steps:
@@ -97,19 +107,20 @@ class ProductCases:
                 s = min(slots, NG)
                 fwd_out = np.empty((s, F, P) if G == 1 else (s, G * P, F), np.float32)
                 dg = rng.standard_normal((s, F, G * P), dtype=np.float32)
-                partial = np.empty((NG, F, K + 1), np.float32)
+                part_w = np.empty((NG, F, K + 1), np.float32)
                 dcols = np.empty((s, K, P) if G == 1 else (s, G * P, K), np.float32)
                 need_dx = not first
                 f = kernels["conv_forward_products"]
                 b = kernels["conv_backward_products"]
-                self.calls[f"{conv.name} forward"] = (
-                    lambda f=f, a=(wb, cols, G == 1, fwd_out): f(*a))
-                self.calls[f"{conv.name} backward"] = (
-                    lambda b=b, a=(dg, w2, cols, G == 1, need_dx, partial, dcols): b(*a))
+                self.calls[f"{conv.name} forward"] = partial(f, wb, cols, G == 1, fwd_out)
+                self.calls[f"{conv.name} backward"] = partial(b, dg, w2, cols, G == 1, need_dx,
+                                                              part_w, dcols)
                 fl = 2.0 * BATCH * P * K * F
                 self.flops[f"{conv.name} forward"] = fl
                 self.flops[f"{conv.name} backward"] = fl * (2 if need_dx else 1)
                 first = False
+                self._conv_glue(conv, plan, in_shape, isinstance(step, ConvReLUPool), need_dx,
+                                kernels, s, rng)
             elif isinstance(step, Dense):
                 I, O = step.weight.value.shape
                 x = rng.standard_normal((BATCH, I), dtype=np.float32)
@@ -118,13 +129,50 @@ class ProductCases:
                 out, dx = np.empty((BATCH, O), np.float32), np.empty((BATCH, I), np.float32)
                 dw = np.empty((I, O), np.float32)
                 df, db = kernels["dense_forward_products"], kernels["dense_backward_products"]
-                self.calls[f"{step.name} forward"] = (
-                    lambda df=df, a=(x, w, out, blocks): df(*a))
-                self.calls[f"{step.name} backward"] = (
-                    lambda db=db, a=(x, w, dy, dx, dw, blocks): db(*a))
+                self.calls[f"{step.name} forward"] = partial(df, x, w, out, blocks)
+                self.calls[f"{step.name} backward"] = partial(db, x, w, dy, dx, dw, blocks)
                 fl = 2.0 * BATCH * I * O
                 self.flops[f"{step.name} forward"] = fl
                 self.flops[f"{step.name} backward"] = 2 * fl
+
+
+    def _conv_glue(self, conv, plan, in_shape, pool: bool, need_dx: bool, kernels: dict,
+                   s: int, rng) -> None:
+        """The glue pieces of one convolution (``glue_calls.py``), on arrays of the plan's
+        shapes; ``s`` threads' worth of scratch slots."""
+        import numpy as np
+
+        F, C, KH, KW = conv.weight.value.shape
+        OH, OW = plan.oh, plan.ow
+        K, P, G, NG = C * KH * KW, OH * OW, plan.group, plan.num_groups
+        if G > 1 and not (KH == KW == 3 and (plan.sh, plan.sw, plan.ph, plan.pw) == (1, 1, 0, 0)):
+            raise ValueError(f"{conv.name}: the glue pieces mirror unpadded 3x3 layers only")
+        f32 = np.float32
+        x = rng.random((BATCH, *in_shape), dtype=f32)
+        cols = np.empty((NG, K + 1, P) if G == 1 else (NG, G * P, K + 1), f32)
+        tile = rng.standard_normal((s, F * G * P), dtype=f32)
+        out_shape = (BATCH, F, OH // 2, OW // 2) if pool else (BATCH, F, OH, OW)
+        pout = np.empty(out_shape, f32)
+        argmax = np.zeros(out_shape if pool else (1, 1, 1, 1), np.int32)
+        k = kernels
+        name = conv.name
+        self.glue[(f"{name} forward", "patches")] = partial(
+            k["glue_patches"], x, KH, KW, plan.sh, plan.sw, plan.ph, plan.pw, cols, G, s)
+        self.glue[(f"{name} forward", "pool" if pool else "scatter")] = partial(
+            k["glue_pool"], tile, OH, OW, G, pool, pout, argmax)
+        k["glue_pool"](tile, OH, OW, G, pool, pout, argmax)  # a valid argmax for the unpool
+        dpool = rng.standard_normal(out_shape, dtype=f32)
+        self.glue[(f"{name} backward", "unpool" if pool else "gather")] = partial(
+            k["glue_unpool"], dpool, argmax, pout, P, G, pool, np.empty_like(tile))
+        if need_dx:
+            if G == 1:
+                raise ValueError(f"{name}: an input gradient with G = 1 is not mirrored")
+            dcols = rng.standard_normal((s, G * P, K), dtype=f32)
+            dx = np.empty((BATCH, *in_shape), f32)
+            self.glue[(f"{name} backward", "fold")] = partial(k["glue_fold"], dcols, G, dx)
+        partials = rng.standard_normal((NG, F, K + 1), dtype=f32)
+        self.glue[(f"{name} backward", "sums")] = partial(
+            k["glue_sums"], partials, np.empty((F, K), f32), np.empty(F, f32))
 
 
 def _step_parts(model, loss, opt, x, y, steps: int, rounds: int) -> dict[str, float]:
@@ -172,8 +220,12 @@ def measure(backend: str, threads: int, steps: int, rounds: int) -> dict:
     products = {}
     for part, call in cases.calls.items():
         products[part] = _median_ms(call, steps, rounds)
+    pieces: dict[str, dict[str, float]] = {}
+    for (part, piece), call in cases.glue.items():
+        pieces.setdefault(part, {})[piece] = _median_ms(call, steps, rounds)
     return {"name": "serial" if backend == "serial" else f"parallel@{threads}",
-            "threads": threads, "step_ms": parts, "products_ms": products, "flops": cases.flops}
+            "threads": threads, "step_ms": parts, "products_ms": products,
+            "glue_pieces_ms": pieces, "flops": cases.flops}
 
 
 def table(config: dict, peak_gflops: float, target: float = 0.55) -> tuple[str, dict]:
@@ -204,6 +256,28 @@ def table(config: dict, peak_gflops: float, target: float = 0.55) -> tuple[str, 
             f"**{totals['products_peak_fraction'] * 100:.0f}%** | "
             f"**{total - prod_total:.3f}** | **{totals['glue_share'] * 100:.0f}%** |")
     return "\n".join([head, *rows, tail]), totals
+
+
+PIECES = ("patches", "pool", "scatter", "unpool", "gather", "fold", "sums")
+
+
+def pieces_table(config: dict) -> tuple[str, list[dict]]:
+    """Markdown and rows: each convolution part's glue (step - products) and the pieces of
+    it timed alone; "rest" is the glue no piece accounts for (the bias row, the weights
+    copy, the data moving between pieces in a real step; negative when the pieces alone ran
+    slower than inside the kernel)."""
+    step, prod, pieces = config["step_ms"], config["products_ms"], config["glue_pieces_ms"]
+    total = sum(step.values())
+    rows, out = [], []
+    for part in sorted(pieces, key=lambda p: -(step[p] - prod[p])):
+        glue = step[part] - prod[part]
+        rest = glue - sum(pieces[part].values())
+        out.append({"part": part, "glue_ms": glue, "pieces_ms": pieces[part], "rest_ms": rest})
+        cells = " | ".join(f"{pieces[part][k]:.3f}" if k in pieces[part] else "" for k in PIECES)
+        rows.append(f"| {part} | {glue:.3f} | {cells} | {rest:.3f} | {glue / total * 100:.1f}% |")
+    head = ("| part | glue ms | " + " | ".join(PIECES) + " | rest | glue, % of step |\n"
+            "|---|" + "---:|" * (len(PIECES) + 3))
+    return "\n".join([head, *rows]), out
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -253,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         pk = peak_for(c["threads"], peak)
         rows, totals = table(c, pk, args.target)
         c["totals"] = totals
+        piece_rows, c["glue_by_piece"] = pieces_table(c)
         md += [f"#### {c['name']} (peak {pk:.0f} GFLOP/s)\n", rows, "",
                f"The step runs at **{totals['step_peak_fraction'] * 100:.0f}%** of the peak; "
                f"its products alone at **{totals['products_peak_fraction'] * 100:.0f}%**. "
@@ -262,7 +337,9 @@ def main(argv: list[str] | None = None) -> None:
                f"{args.target * 100:.0f}% of the peak would leave the glue "
                f"{max(totals['glue_ms_at_target'], 0):.2f} ms "
                f"({(1 - max(totals['glue_ms_at_target'], 0) / totals['glue_ms']) * 100:.0f}% "
-               f"less than now).\n"]
+               f"less than now).\n",
+               f"The convolutions' glue, piece by piece ({c['name']}; ms per step, each "
+               "piece timed alone as `bench/glue_calls.py` describes):\n", piece_rows, ""]
     md.append("Step ms: the part's share of a full training step (per-part timers, as "
               "`bench/compare.py`'s breakdown; conv1 and conv2 include their fused ReLU and "
               "max-pool; 'other' is the step's time outside the timed parts). Products ms: "

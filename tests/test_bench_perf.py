@@ -170,6 +170,12 @@ def test_products_table_arithmetic():
     assert products.table(config, 20.0, target=0.4)[1]["glue_ms_at_target"] == pytest.approx(0.5)
     assert "| conv1 forward | 3.000 | 2.000 | 50% | 1.000 | 25.0% |" in md
     assert "| optimizer | 1.000 | 0.000 | - | 1.000 | 25.0% |" in md
+    # the glue by piece: conv1 forward's 1 ms of glue, 0.25 + 0.5 of it timed as pieces
+    config["glue_pieces_ms"] = {"conv1 forward": {"patches": 0.25, "pool": 0.5}}
+    md, rows = products.pieces_table(config)
+    assert rows == [{"part": "conv1 forward", "glue_ms": pytest.approx(1.0),
+                     "pieces_ms": {"patches": 0.25, "pool": 0.5}, "rest_ms": pytest.approx(0.25)}]
+    assert "| conv1 forward | 1.000 | 0.250 | 0.500 |  |  |  |  |  | 0.250 | 25.0% |" in md
 
 
 def test_products_run_covers_every_product(tmp_path):
@@ -192,6 +198,14 @@ def test_products_run_covers_every_product(tmp_path):
         assert want <= set(c["step_ms"]) and "optimizer" in c["step_ms"]
         assert all(v > 0 for v in c["products_ms"].values())
         assert sum(c["flops"].values()) == pytest.approx(32 * per_image)
+        pieces = {p: set(v) for p, v in c["glue_pieces_ms"].items()}
+        assert pieces == {"conv1 forward": {"patches", "pool"},
+                          "conv1 backward": {"unpool", "sums"},
+                          "conv2 forward": {"patches", "pool"},
+                          "conv2 backward": {"unpool", "fold", "sums"},
+                          "conv3 forward": {"patches", "scatter"},
+                          "conv3 backward": {"gather", "fold", "sums"}}
+        assert all(v > 0 for d in c["glue_pieces_ms"].values() for v in d.values())
         t = c["totals"]
         assert t["glue_ms"] == pytest.approx(t["step_ms"] - t["products_ms"])
         assert t["step_ms"] == pytest.approx(sum(c["step_ms"].values()))
