@@ -10,7 +10,9 @@ per-group sums, the dense layer's weight-gradient loops, the loss, Adam and the
 loop's own Python ("glue" below). This benchmark separates the two, in one run,
 on the reference network at batch 32 (one fixed random batch, as
 ``bench/fusion.py``), for the serial backend and for the parallel one at
-``--threads``:
+``--threads``, in alternating rounds (each round runs the steps, then the
+products, then the glue pieces of one configuration, then of the other; the
+order flips every round) so that the machine's slow phases hit all of them:
 
 * **step, by part**: a full training step (forward, loss, backward, Adam,
   ``scratchcnn.loop.train_step``), with the per-part timers of
@@ -23,7 +25,8 @@ on the reference network at batch 32 (one fixed random batch, as
   the one product ``x.T @ dy`` that would replace them;
 * **glue** = step - products, per part and in all; and the ceiling of this
   design: the step's FLOPs at the products' speed, as a % of the GEMM peak
-  (``bench/common.py``), next to the step's own %; and how much glue a step
+  (``bench/common.py``, probed at the start of every round: the median), next
+  to the step's own %; and how much glue a step
   could keep and still reach ``--target`` (default 55%, the performance
   issue's goal at 2 threads) of the peak, its products as fast as now;
 * **the convolutions' glue, piece by piece**: each piece of data movement of
@@ -64,17 +67,14 @@ def _compile(parallel: bool) -> dict:
             for mod in (blas_calls, glue_calls) for name in mod.__all__}
 
 
-def _median_ms(fn, steps: int, rounds: int) -> float:
-    fn()
-    meds = []
-    for _ in range(rounds):
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        meds.append(statistics.median(times))
-    return statistics.median(meds) * 1e3
+def _median_call_ms(fn, steps: int) -> float:
+    """Median ms of ``steps`` calls of ``fn``."""
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
 
 
 class ProductCases:
@@ -175,57 +175,95 @@ class ProductCases:
             k["glue_sums"], partials, np.empty((F, K), f32), np.empty(F, f32))
 
 
-def _step_parts(model, loss, opt, x, y, steps: int, rounds: int) -> dict[str, float]:
-    """Median ms per step of each breakdown part (and 'other', the step's remainder)."""
-    from harness import Timers
+class Configuration:
+    """One backend and thread count: the reference network on one fixed batch, its
+    per-part timers, and its products and glue pieces as callables."""
 
-    from scratchcnn.loop import train_step
+    def __init__(self, backend: str, threads: int) -> None:
+        import numpy as np
+        from harness import Timers
 
-    timers = Timers()
-    timers.instrument(model, loss, opt)
-    for _ in range(10):  # warm caches (and compile)
-        train_step(model, loss, opt, x, y)
-    per_round: list[dict[str, float]] = []
-    for _ in range(rounds):
-        timers.reset()
+        from scratchcnn.kernels.dense import SAMPLES
+        from scratchcnn.losses import SoftmaxCrossEntropy
+        from scratchcnn.model import reference_cnn
+        from scratchcnn.optim import Adam
+
+        self.backend, self.threads = backend, threads
+        self.name = "serial" if backend == "serial" else f"parallel@{threads}"
+        rng = np.random.default_rng(0)
+        self.x = rng.random((BATCH, 3, 32, 32), dtype=np.float32)
+        self.y = rng.integers(0, 10, BATCH)
+        self.model = reference_cnn(seed=0, backend=backend)
+        self.loss = SoftmaxCrossEntropy(backend=backend)
+        self.opt = Adam(self.model.parameters(), backend=backend)
+        self.timers = Timers()
+        self.timers.instrument(self.model, self.loss, self.opt)
+        self.use()
+        for _ in range(10):  # compile, build the plans, warm the caches
+            self._step()
+        self.cases = ProductCases(self.model, _compile(backend == "parallel"), threads, SAMPLES)
+        for call in (*self.cases.calls.values(), *self.cases.glue.values()):
+            call()  # compile
+        self.rounds: list[dict] = []
+
+    def use(self) -> None:
+        """Numba's thread count for this configuration (in this, the measuring, thread)."""
+        if self.backend == "parallel":
+            import numba
+
+            numba.set_num_threads(self.threads)
+
+    def _step(self) -> None:
+        from scratchcnn.loop import train_step
+
+        train_step(self.model, self.loss, self.opt, self.x, self.y)
+
+    def measure_round(self, steps: int) -> None:
+        """One round: ``steps`` training steps (ms per step of each part, 'other' the
+        step's time outside the parts), then ``steps`` calls of each product and glue
+        piece (median ms)."""
+        self.use()
+        self.timers.reset()
         t0 = time.perf_counter()
         for _ in range(steps):
-            train_step(model, loss, opt, x, y)
+            self._step()
         total = (time.perf_counter() - t0) / steps * 1e3
-        parts = {k: v / steps * 1e3 for k, v in timers.seconds.items()}
+        parts = {k: v / steps * 1e3 for k, v in self.timers.seconds.items()}
         parts["other"] = max(total - sum(parts.values()), 0.0)
-        per_round.append(parts)
-    return {k: statistics.median(r.get(k, 0.0) for r in per_round) for k in per_round[0]}
+        products = {p: _median_call_ms(c, steps) for p, c in self.cases.calls.items()}
+        pieces = {key: _median_call_ms(c, steps) for key, c in self.cases.glue.items()}
+        self.rounds.append({"step": parts, "products": products, "pieces": pieces})
+
+    def result(self) -> dict:
+        """Medians over the rounds, as the report stores them."""
+        med = statistics.median
+        r = self.rounds
+        pieces: dict[str, dict[str, float]] = {}
+        for part, piece in r[0]["pieces"]:
+            pieces.setdefault(part, {})[piece] = med(x["pieces"][(part, piece)] for x in r)
+        return {"name": self.name, "threads": self.threads,
+                "step_ms": {k: med(x["step"].get(k, 0.0) for x in r) for k in r[0]["step"]},
+                "products_ms": {k: med(x["products"][k] for x in r) for k in r[0]["products"]},
+                "glue_pieces_ms": pieces, "flops": self.cases.flops}
 
 
-def measure(backend: str, threads: int, steps: int, rounds: int) -> dict:
-    """Step parts and product times (ms per step) of one configuration."""
-    import numba
-    import numpy as np
-
-    from scratchcnn.kernels.dense import SAMPLES
-    from scratchcnn.losses import SoftmaxCrossEntropy
-    from scratchcnn.model import reference_cnn
-    from scratchcnn.optim import Adam
-
-    if backend == "parallel":
-        numba.set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    x = rng.random((BATCH, 3, 32, 32), dtype=np.float32)
-    y = rng.integers(0, 10, BATCH)
-    model = reference_cnn(seed=0, backend=backend)
-    loss, opt = SoftmaxCrossEntropy(backend=backend), Adam(model.parameters(), backend=backend)
-    parts = _step_parts(model, loss, opt, x, y, steps, rounds)
-    cases = ProductCases(model, _compile(backend == "parallel"), threads, SAMPLES)
-    products = {}
-    for part, call in cases.calls.items():
-        products[part] = _median_ms(call, steps, rounds)
-    pieces: dict[str, dict[str, float]] = {}
-    for (part, piece), call in cases.glue.items():
-        pieces.setdefault(part, {})[piece] = _median_ms(call, steps, rounds)
-    return {"name": "serial" if backend == "serial" else f"parallel@{threads}",
-            "threads": threads, "step_ms": parts, "products_ms": products,
-            "glue_pieces_ms": pieces, "flops": cases.flops}
+def measure(threads: int, steps: int, rounds: int, probe) -> tuple[list[dict], dict]:
+    """The serial and the parallel@``threads`` configuration, measured in alternating
+    rounds (the order flips every round), so that the machine's slow phases hit both,
+    and steps, products and glue pieces alike; ``probe()`` (the GEMM peak) runs at the
+    start of every round, and the peak reported is the median of the rounds' probes."""
+    configs = [Configuration("serial", 1), Configuration("parallel", threads)]
+    probes = []
+    for r in range(rounds):
+        probes.append(probe())
+        for c in (configs if r % 2 == 0 else configs[::-1]):
+            c.measure_round(steps)
+    med = statistics.median
+    peak = {**probes[0],
+            "one_thread_gflops": med(p["one_thread_gflops"] for p in probes),
+            "all_threads_gflops": med(p["all_threads_gflops"] for p in probes),
+            "per_round": probes}
+    return [c.result() for c in configs], peak
 
 
 def table(config: dict, peak_gflops: float, target: float = 0.55) -> tuple[str, dict]:
@@ -286,7 +324,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="Numba threads of the parallel configuration")
     p.add_argument("--steps", type=int, default=50, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=5, help="rounds (medians over them)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="alternating rounds (medians over them)")
     p.add_argument("--target", type=float, default=0.55,
                    help="report the glue a step could keep and run at this fraction of the "
                         "peak")
@@ -308,9 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     from common import gemm_peak, machine_summary, write_report
     from harness import peak_for
 
-    peak = gemm_peak(args.gemm_size)
-    configs = [measure("serial", 1, args.steps, args.rounds),
-               measure("parallel", args.threads, args.steps, args.rounds)]
+    load_at_start = os.getloadavg()[0]
+    configs, peak = measure(args.threads, args.steps, args.rounds,
+                            lambda: gemm_peak(args.gemm_size, repeats=3))
     info = machine_summary()
     cmd = (f"{PROG} --threads {args.threads} --steps {args.steps} --rounds {args.rounds}"
            + ("" if args.gemm_size == 2048 else f" --gemm-size {args.gemm_size}")
@@ -319,10 +358,16 @@ def main(argv: list[str] | None = None) -> None:
     md = [f"### Products and glue in a training step\n\n`{cmd}`\n",
           f"Machine: {info['cpu_model']}, {info['cpu_count']} cores, Numba {info['numba']} "
           f"(threading layer {info['threading_layer']}), NumPy {info['numpy']}; float32 GEMM "
-          f"peak ({args.gemm_size}²): {peak['one_thread_gflops']:.0f} GFLOP/s on 1 thread, "
-          f"{peak['all_threads_gflops']:.0f} on {peak['all_threads']}; load average at start "
-          f"{os.getloadavg()[0]:.2f}. Reference network, batch 32, one fixed random batch; "
-          f"medians over {args.rounds} rounds of {args.steps} steps.\n"]
+          f"peak ({args.gemm_size}², probed at the start of every round, median): "
+          f"{peak['one_thread_gflops']:.0f} GFLOP/s on 1 thread "
+          f"({min(p['one_thread_gflops'] for p in peak['per_round']):.0f}–"
+          f"{max(p['one_thread_gflops'] for p in peak['per_round']):.0f}), "
+          f"{peak['all_threads_gflops']:.0f} on {peak['all_threads']} "
+          f"({min(p['all_threads_gflops'] for p in peak['per_round']):.0f}–"
+          f"{max(p['all_threads_gflops'] for p in peak['per_round']):.0f}); load average at start "
+          f"{load_at_start:.2f}. Reference network, batch 32, one fixed random batch; medians "
+          f"over {args.rounds} rounds of {args.steps} steps (each round: steps, products and "
+          f"glue pieces of both configurations, their order alternating).\n"]
     for c in configs:
         pk = peak_for(c["threads"], peak)
         rows, totals = table(c, pk, args.target)

@@ -190,6 +190,9 @@ def test_products_run_covers_every_product(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads((out / "products.json").read_text())
     assert [c["name"] for c in rep["configurations"]] == ["serial", "parallel@2"]
+    peak = rep["gemm_peak"]  # probed every round; the median is the one reported
+    assert len(peak["per_round"]) == 1
+    assert peak["all_threads_gflops"] == peak["per_round"][0]["all_threads_gflops"] > 0
     per_image = 3_110_400 + 18_690_048 + 3_538_944 + 393_216 + 3_840  # tests/test_bench_quick
     for c in rep["configurations"]:
         layers = ("conv1", "conv2", "conv3", "dense1", "dense2")
