@@ -10,8 +10,8 @@ run of consecutive sample groups per thread), and nothing else:
 * ``pool``: the fused ReLU + 2x2 max-pool from a group's product tile (``all_finite``,
   then ``window2x2`` plane by plane for G = 1 or ``relu_pool_pixel_rows`` for G > 1), or,
   with no pool, the ReLU'd scatter of the product into output planes (``rows_to_planes``);
-* ``unpool``: the pooled gradient back into a group's tile (``unpool_relu``), or with no
-  pool the gather of the output gradient (``gather_dout``);
+* ``unpool``: the pooled gradient back into a group's tile, or with no pool the gather
+  of the output gradient (``group_output_gradient``, the kernel's own helper);
 * ``fold``: the patch gradients added back into the input gradient (``row2im``; G = 1
   layers here need no input gradient);
 * ``sums``: the per-group weight gradients summed in order (``sum_group_partials``).
@@ -26,14 +26,13 @@ import numpy as np
 from numba import prange
 
 from scratchcnn.kernels.conv_fast import (
-    gather_dout,
     im2col,
     im2row,
     row2im,
     rows_to_planes,
     sum_group_partials,
 )
-from scratchcnn.kernels.convpool import all_finite, relu_pool_pixel_rows, unpool_relu
+from scratchcnn.kernels.convpool import all_finite, group_output_gradient, relu_pool_pixel_rows
 from scratchcnn.kernels.pool import window2x2
 
 __all__ = ["glue_patches", "glue_pool", "glue_unpool", "glue_fold", "glue_sums"]
@@ -93,10 +92,7 @@ def glue_unpool(dpool, argmax, pout, P, G, pool, tile):
     for t in prange(S):
         dg = tile[t].reshape(F, G * P)
         for g in range(t * NG // S, (t + 1) * NG // S):
-            if pool:
-                unpool_relu(dpool, argmax, pout, g * G, P, dg)
-            else:
-                gather_dout(dpool, g * G, G, dg)
+            group_output_gradient(dpool, argmax, pout, g * G, G, P, pool, dg)
 
 
 def glue_fold(dcols, G, dx):

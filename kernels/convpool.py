@@ -189,6 +189,16 @@ def unpool_relu(dpool, argmax, pout, n0, P, dg):
                     row[s * P + ap[i, j]] += zero if op[i, j] <= zero else gp[i, j]
 
 
+@helper
+def group_output_gradient(dpool, argmax, pout, n0, G, P, pool, dg):
+    """dg (F, G*P): the gradient of samples n0 .. n0+G-1 at the convolution's output --
+    unpooled (``unpool_relu``) if ``pool``, else gathered from dpool (``gather_dout``)."""
+    if pool:
+        unpool_relu(dpool, argmax, pout, n0, P, dg)
+    else:
+        gather_dout(dpool, n0, G, dg)
+
+
 # Ladder rung 6, vs maxpool2d_backward + rung 5: the unpooled gradient goes to a
 # per-thread tile and straight into rung 5's per-group products.
 def conv2d_relu_pool_backward(dpool, argmax, pout, w, cols, sh, sw, ph, pw, OH, OW, pool,
@@ -212,10 +222,7 @@ def conv2d_relu_pool_backward(dpool, argmax, pout, w, cols, sh, sw, ph, pw, OH, 
     for t in prange(S):
         dg = tile[t].reshape(F, G * P)
         for g in range(t * NG // S, (t + 1) * NG // S):
-            if pool:
-                unpool_relu(dpool, argmax, pout, g * G, P, dg)
-            else:
-                gather_dout(dpool, g * G, G, dg)
+            group_output_gradient(dpool, argmax, pout, g * G, G, P, pool, dg)
             backward_group(dg, w2, cols[g], KH, KW, sh, sw, ph, pw, need_dx, partial[g],
                            dcols[t], dx[g * G:(g + 1) * G])
     # PARALLEL: one output channel per iteration, groups summed in a fixed order.
