@@ -1,6 +1,6 @@
 """bench/neighbour.py, bench/startup.py, bench/tta.py, bench/peak_gap.py,
-bench/compile_profile.py, bench/products.py: flags, arithmetic and report structure only
-(the real runs take minutes on a quiet machine; no timing is asserted anywhere)."""
+bench/compile_profile.py, bench/products.py, bench/numba_gemm.py: flags, arithmetic and report
+structure only (the real runs take minutes on a quiet machine; no timing is asserted anywhere)."""
 
 from __future__ import annotations
 
@@ -214,3 +214,35 @@ def test_products_run_covers_every_product(tmp_path):
         assert t["step_ms"] == pytest.approx(sum(c["step_ms"].values()))
     md = (out / "products.md").read_text()
     assert "#### serial" in md and "#### parallel@2" in md and "products.py --threads 2" in md
+
+
+def test_numba_gemm_products_are_right_and_shaped_like_the_kernels():
+    """bench/numba_gemm.py: both Numba products equal BLAS's within float32 rounding, the
+    blocked one's edges included (M % 4 and N % 32 both non-zero), and its shapes are the
+    products the CPU plans make for the reference network at batch 32."""
+    import numba_gemm
+
+    from scratchcnn.kernels.conv_fast import conv2d_workspace_shapes
+
+    rows = numba_gemm.measure(1, shapes=[("edges", 7, 13, 37), ("tiles", 8, 16, 64)])
+    for r in rows:
+        assert set(r["gflops"]) == {"blas", "loop", "blocked"}
+        assert all(v > 0 for v in r["gflops"].values())
+        assert all(d < 1e-4 for d in r["max_abs_diff"].values()), r
+    shapes = {name: (M, K, N) for name, M, K, N in numba_gemm.SHAPES}
+    for conv, (C, H, F) in {"conv1": (3, 32, 32), "conv2": (32, 15, 64),
+                            "conv3": (64, 6, 64)}.items():
+        ws = conv2d_workspace_shapes(32, C, H, H, F, 3, 3, 1, 1, 0, 0)
+        K1 = ws["wb"][1]  # K + 1 (the bias folded in)
+        if conv == "conv1":  # patches as columns, one sample per product
+            P = ws["cols"][2]
+            assert shapes["conv1 forward"] == (F, K1, P)
+            assert shapes["conv1 weight gradient"] == (F, P, K1)
+        else:  # patches as rows: G*P rows per product
+            GP = ws["cols"][1]
+            assert shapes[f"{conv} forward"] == (GP, K1, F)
+    assert shapes["conv2 weight gradient"] == (64, 676, 289)
+    assert shapes["conv2 input gradient"] == (676, 64, 288)
+    peak = {"one_thread_gflops": 100.0, "size": 64}
+    md = numba_gemm.report(rows, peak, "cmd", {"cpu_model": "cpu", "cpu_count": 2})
+    assert md.count("| edges | 7 × 13 × 37 |") == 1 and "% of the peak" in md
