@@ -7,7 +7,9 @@
 A *configuration* is ``serial``, ``parallel@N``, ``torch@N`` or ``cli`` (the
 parallel backend with exactly what ``python -m scratchcnn.train`` does by
 default: ``scratchcnn.threads.configure_threads`` with the CLI's default
-thread count and its threading defaults), optionally followed by
+thread count and its threading defaults, the thread governor, and the loader
+threads of ``--loader-threads auto``; the other configurations use
+``--loader-threads``), optionally followed by
 ``:VAR=VALUE,VAR=VALUE`` environment settings applied before Numba (and
 libgomp) load, e.g. ``parallel@2:OMP_WAIT_POLICY=passive``.
 
@@ -134,8 +136,13 @@ def worker(args, config: str) -> None:
     from scratchcnn.data.loader import BatchLoader
 
     train_x, train_y, _, _ = load_data(args.data_dir, args.limit_train, 1)
+    loader_threads = args.loader_threads
+    if kind == "cli":  # the CLI's default --loader-threads auto
+        from scratchcnn.threads import auto_loader_threads
+
+        loader_threads = auto_loader_threads("parallel", threads)
     loader = BatchLoader(train_x, train_y, args.batch_size, shuffle=True, seed=args.seed,
-                         threads=args.loader_threads, prefetch=args.prefetch)
+                         threads=loader_threads, prefetch=args.prefetch)
     warm_up_loader()
     if kind == "torch":
         from torch_ref import TorchRun, warm_up_torch
@@ -155,7 +162,7 @@ def worker(args, config: str) -> None:
         except ValueError:
             layer = None
     info = {"config": config, "kind": kind, "threads": threads if kind != "serial" else 1,
-            "env": env, "threading_layer": layer,
+            "loader_threads": loader_threads, "env": env, "threading_layer": layer,
             "thread_env": {k: os.environ.get(k) for k in (
                 "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER",
                 "NUMBA_NUM_THREADS")}}

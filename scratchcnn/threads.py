@@ -53,6 +53,34 @@ def configure_threads(n: int) -> int:
     return n
 
 
+#: Most loader threads ``--loader-threads auto`` starts (the loader alone is no faster with
+#: more: bench/loader.py).
+AUTO_LOADER_LIMIT = 2
+
+
+def auto_loader_threads(backend: str, threads: int, cores: int | None = None, *,
+                        distributed: bool = False) -> int:
+    """The training CLI's ``--loader-threads auto``: one loader thread for each core the
+    compute threads leave free, at most ``AUTO_LOADER_LIMIT``; 0 (batches prepared in
+    the training thread) when they take every core, and for ``distributed`` ranks (which
+    share their node with the other ranks).
+
+    Why: preparing a batch costs ~1/200 of a training step, but a loader thread needs a
+    core to do it. With the parallel backend on every core it takes one from a compute
+    thread, and the whole parallel region waits for that thread: on 2 cores a pool of 2
+    loader threads made the epoch longer without augmentation (8.2 -> 8.9 s) and no shorter
+    with it, where preparing each batch in the training thread waited for data 1-2.5% of
+    the epoch (the training rows of docs/results/loader, bench/loader.py; docs/guide.md
+    section 4). Where a core is free (the serial and CUDA backends, fewer ``--threads``
+    than cores) the pool overlaps loading with compute at no cost.
+    """
+    if distributed:
+        return 0
+    cores = cores or os.cpu_count() or 1
+    compute = threads if backend == "parallel" else 1
+    return max(0, min(AUTO_LOADER_LIMIT, cores - compute))
+
+
 # -- adapting the thread count to the cores other processes leave free -------------------
 
 #: Set to 0 to keep exactly ``--threads`` whatever else runs on the machine.

@@ -92,6 +92,25 @@ def _momentum(text: str) -> float:
     return v
 
 
+def _decode_threads(a: argparse.Namespace) -> int:
+    """Threads decoding a ``--dataset folder`` once, before training: ``--loader-threads``,
+    or with ``auto`` the most ``auto`` ever starts (no training runs yet to compete)."""
+    from scratchcnn.threads import AUTO_LOADER_LIMIT
+
+    return AUTO_LOADER_LIMIT if getattr(a, "loader_threads_auto", False) else a.loader_threads
+
+
+def _loader_threads(text: str) -> int | str:
+    """``--loader-threads``: ``auto`` or an integer >= 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int_at_least(0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or an integer >= 0, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scratchcnn.data.layout import default_data_dir
 
@@ -135,8 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder containing cifar-10-batches-py/, mnist/ or fashion-mnist/ "
                         "(downloaded there if missing), or your train/ and test/ folders; "
                         "default $SCRATCHCNN_DATA if set")
-    p.add_argument("--loader-threads", type=int_at_least(0), default=2,
-                   help="threads preparing batches; 0 = in the training thread")
+    p.add_argument("--loader-threads", type=_loader_threads, default="auto",
+                   help="threads preparing batches; 0 = in the training thread; auto = one "
+                        "per core the compute threads leave free, at most 2 (0 for the "
+                        "parallel backend on every core, where a loader thread would take a "
+                        "core from it and slow the epoch)")
     p.add_argument("--prefetch", type=int_at_least(1), default=4,
                    help="batches prepared ahead by the loader threads")
     p.add_argument("--augment", action="store_true", default=None,
@@ -201,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         adapt_threads(args.threads, "distributed" if args.distributed else args.backend)
+        args.loader_threads_auto = args.loader_threads == "auto"
+        if args.loader_threads_auto:
+            from scratchcnn.threads import auto_loader_threads
+
+            args.loader_threads = auto_loader_threads(args.backend, args.threads,
+                                                      distributed=args.distributed)
         if args.distributed and args.backend == "cuda":
             fail("--distributed runs on the CPU backends only (the CUDA backend keeps no "
                  "per-group gradient pieces); use --backend parallel or serial")
@@ -465,7 +493,7 @@ class Trainer:
             # progress: a "Downloading" line, and a bar only if stderr is a terminal
             self.data = data = dataset_for_run(
                 a.dataset, a.data_dir, checkpoint=a.eval_only or a.resume,
-                image_size=a.image_size, threads=a.loader_threads,
+                image_size=a.image_size, threads=_decode_threads(a),
                 checkpoint_is_run=not a.eval_only, progress=not a.no_progress)
         except DataError as e:
             fail(str(e))
@@ -616,7 +644,9 @@ class Trainer:
         self._say(f"run folder: {self.out}  |  {data.name}: {n_train} train / {n_test} test "
                   f"images  |  backend {a.backend}, {_compute_units(a)}"
                   f"{' (serial kernels until then)' if self.background else ''}, "
-                  f"{a.loader_threads} loader thread(s)  |  JIT warm-up {compile_seconds:.1f} s")
+                  f"{a.loader_threads} loader thread(s)"
+                  f"{' (auto)' if getattr(a, 'loader_threads_auto', False) else ''}"
+                  f"  |  JIT warm-up {compile_seconds:.1f} s")
         return True
 
     def _use_backend(self, name: str) -> None:

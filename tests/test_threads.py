@@ -115,3 +115,36 @@ def test_reference_network_size():
     again = sc.reference_cnn(seed=0, backend="serial")
     assert all(a.value.tobytes() == b.value.tobytes()
                for a, b in zip(m.parameters(), again.parameters()))
+
+
+def test_auto_loader_threads_only_on_free_cores():
+    """--loader-threads auto: a loader thread per core the compute threads leave free,
+    at most 2; none where they take every core, or for distributed ranks."""
+    from scratchcnn.threads import auto_loader_threads
+
+    assert auto_loader_threads("parallel", 2, cores=2) == 0
+    assert auto_loader_threads("parallel", 3, cores=2) == 0  # oversubscribed: still 0
+    assert auto_loader_threads("parallel", 1, cores=2) == 1
+    assert auto_loader_threads("parallel", 8, cores=16) == 2
+    assert auto_loader_threads("serial", 2, cores=2) == 1  # serial computes on 1 thread
+    assert auto_loader_threads("serial", 1, cores=1) == 0
+    assert auto_loader_threads("cuda", 16, cores=16) == 2
+    assert auto_loader_threads("parallel", 1, cores=16, distributed=True) == 0
+
+
+@pytest.mark.parametrize(("text", "want"), [("auto", "auto"), ("AUTO", "auto"), ("0", 0),
+                                            ("3", 3)])
+def test_loader_threads_flag(text, want):
+    from scratchcnn.train import build_parser
+
+    assert build_parser().parse_args(["--loader-threads", text]).loader_threads == want
+
+
+@pytest.mark.parametrize("bad", ["-1", "two", ""])
+def test_loader_threads_flag_rejects(bad, capsys):
+    from scratchcnn.train import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--loader-threads", bad])
+    err = capsys.readouterr().err
+    assert "--loader-threads" in err and "expected auto or an integer >= 0" in err

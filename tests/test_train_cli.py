@@ -74,6 +74,12 @@ def test_run_folder_contents(data_dir, tmp_path):
     assert cfg["settings"]["augment"] is True and cfg["backend"] == "parallel"
     assert cfg["versions"]["numba"] and cfg["machine"]["cpu_count"] >= 1
     assert "--augment" in cfg["command"]
+    # --loader-threads auto (the default), resolved as scratchcnn.threads says and recorded
+    from scratchcnn.threads import auto_loader_threads
+
+    assert cfg["args"]["loader_threads_auto"] is True
+    assert cfg["loader_threads"] == auto_loader_threads("parallel", cfg["threads"])
+    assert f"{cfg['loader_threads']} loader thread(s) (auto)" in r.stdout
     arrays, progress = read_progress(out / "checkpoint.npz")
     assert progress.epoch == 2 and progress.batch == 0
     assert not list(out.glob(".*.tmp"))
