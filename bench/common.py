@@ -12,17 +12,23 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 
+def best_seconds(fn, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``fn()``, after one untimed call (JIT
+    compile, cache and page warm-up)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def _best_gemm_gflops(size: int, repeats: int) -> float:
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     b = a.T.copy()
     c = np.empty_like(a)
-    np.dot(a, b, out=c)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.dot(a, b, out=c)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / best_seconds(lambda: np.dot(a, b, out=c), repeats) / 1e9
 
 
 def gemm_peak(size: int = 2048, repeats: int = 5) -> dict:

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import gemm_peak, machine_summary, write_report  # noqa: E402
+from common import best_seconds, gemm_peak, machine_summary, write_report  # noqa: E402
 from numba import njit  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
@@ -113,16 +112,6 @@ def product_blocked(a, b, c):
                 c[i, j] += aik * b[k, j]
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    fn()  # compile / warm
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def measure(repeats: int, shapes=SHAPES) -> list[dict]:
     """One row per product shape: GFLOP/s of BLAS and of each Numba product, and the
     largest difference of each Numba product from BLAS's result."""
@@ -136,10 +125,10 @@ def measure(repeats: int, shapes=SHAPES) -> list[dict]:
             flops = 2 * M * K * N
             row = {"product": name, "M": M, "K": K, "N": N, "gflops": {}, "max_abs_diff": {}}
             blas = partial(np.dot, a, b, ref)
-            row["gflops"]["blas"] = flops / _best_seconds(blas, repeats) / 1e9
+            row["gflops"]["blas"] = flops / best_seconds(blas, repeats) / 1e9
             for label, fn in (("loop", product_loop), ("blocked", product_blocked)):
                 c = np.full((M, N), np.nan, np.float32)
-                row["gflops"][label] = flops / _best_seconds(partial(fn, a, b, c), repeats) / 1e9
+                row["gflops"][label] = flops / best_seconds(partial(fn, a, b, c), repeats) / 1e9
                 row["max_abs_diff"][label] = float(np.abs(c - ref).max())
             rows.append(row)
     return rows
