@@ -246,3 +246,14 @@ def test_numba_gemm_products_are_right_and_shaped_like_the_kernels():
     peak = {"one_thread_gflops": 100.0, "size": 64}
     md = numba_gemm.report(rows, peak, "cmd", {"cpu_model": "cpu", "cpu_count": 2})
     assert md.count("| edges | 7 × 13 × 37 |") == 1 and "% of the peak" in md
+    # the verdict follows the numbers: BLAS faster at every shape, or not
+    fast = [dict(r, gflops={"blas": 50.0, "loop": 10.0, "blocked": 20.0}) for r in rows]
+    sm = numba_gemm.summarize(fast, 100.0)
+    assert sm == {"best_numba_percent": 20.0, "blas_percent_min": 50.0,
+                  "blas_percent_max": 50.0, "blas_faster_everywhere": True}
+    assert "the patches stay materialized" in numba_gemm.report(fast, peak, "cmd", {
+        "cpu_model": "cpu", "cpu_count": 2})
+    fast[1]["gflops"] = {"blas": 50.0, "loop": 60.0, "blocked": 20.0}
+    assert not numba_gemm.summarize(fast, 100.0)["blas_faster_everywhere"]
+    md = numba_gemm.report(fast, peak, "cmd", {"cpu_model": "cpu", "cpu_count": 2})
+    assert "may pay" in md and "stay materialized" not in md
