@@ -97,7 +97,7 @@ def _decode_threads(a: argparse.Namespace) -> int:
     or with ``auto`` the most ``auto`` ever starts (no training runs yet to compete)."""
     from scratchcnn.threads import AUTO_LOADER_LIMIT
 
-    return AUTO_LOADER_LIMIT if getattr(a, "loader_threads_auto", False) else a.loader_threads
+    return AUTO_LOADER_LIMIT if a.loader_threads_auto else a.loader_threads
 
 
 def _loader_threads(text: str) -> int | str:
@@ -645,7 +645,7 @@ class Trainer:
                   f"images  |  backend {a.backend}, {_compute_units(a)}"
                   f"{' (serial kernels until then)' if self.background else ''}, "
                   f"{a.loader_threads} loader thread(s)"
-                  f"{' (auto)' if getattr(a, 'loader_threads_auto', False) else ''}"
+                  f"{' (auto)' if a.loader_threads_auto else ''}"
                   f"  |  JIT warm-up {compile_seconds:.1f} s")
         return True
 
