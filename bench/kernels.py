@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gemm_peak, machine_summary  # noqa: E402
+from common import best_seconds, gemm_peak, machine_summary  # noqa: E402
 
 #: --ladder writes here unless --out says otherwise (gitignored, as compare.py's and
 #: loader.py's results): a rerun must not overwrite the committed docs/results/ladder.*.
@@ -218,17 +218,13 @@ def ladder_cases(n: int) -> list[tuple[str, str, str, tuple, int, int]]:
 
 def copy_bandwidth(mbytes: int = 256, repeats: int = 5) -> float:
     """The machine's memory bandwidth as one thread sees it: a large array copy
-    (read + write counted), best of ``repeats``, in GB/s."""
+    (read + write counted), best of ``repeats`` after an untimed copy that faults in
+    the destination's pages, in GB/s."""
     import numpy as np
 
     src = np.ones(mbytes * 2**20 // 8)
     dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best / 1e9
+    return 2 * src.nbytes / best_seconds(lambda: np.copyto(dst, src), repeats) / 1e9
 
 
 def run_ladder(args: argparse.Namespace) -> None:
