@@ -5,6 +5,8 @@
 - every ``<!-- include: path -->`` block equals its file (rerun
   ``python docs/sync_includes.py`` after regenerating results);
 - every relative link and image resolves to an existing path;
+- the README's prose summary of the kernel table (a range of percentages, not a
+  figure marker: bench/kernels.py writes Markdown, no JSON) matches the table;
 - every ```` ```python runnable ```` / ```` ```bash runnable ```` block runs with exit
   status 0 (bash from the repository root, this interpreter first on PATH;
   blocks that mention SCRATCHCNN_DATA are skipped without the real dataset);
@@ -178,3 +180,41 @@ def test_quoted_figure_matches_its_source(doc, fig):
     decimals = len(quoted.split(".")[1]) if "." in quoted else 0
     assert f"{value:.{decimals}f}" == quoted, (
         f"{_rel(doc)} quotes {quoted} for {fig['path']}#{fig['pointer']}, which is {value}")
+
+
+def _kernel_table() -> tuple[dict[str, list[str]], str]:
+    """docs/results/kernels.md (bench/kernels.py's report): its rows by kernel name, and
+    its header line."""
+    text = (ROOT / "docs" / "results" / "kernels.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 8 and not cells[0].startswith(("kernel", "-")):
+            rows[cells[0]] = cells[1:]
+    return rows, text.splitlines()[0]
+
+
+def test_kernel_benchmark_prose_matches_its_table():
+    """The README's summary of the kernel table (the % of the peak reached by every conv2 and
+    conv3 forward, input-gradient and weight-gradient kernel, serial and parallel; the
+    one-core peak; how much faster im2col + BLAS is than the direct loops) is what the
+    included table says: regenerating the table without the prose fails here."""
+    rows, header = _kernel_table()
+    names = [f"conv{i} {part}" for i in (2, 3)
+             for part in ("forward (im2col+GEMM, +ReLU)", "backward input", "backward weight")]
+    serial = [int(rows[n][2].rstrip("%")) for n in names]
+    parallel = [int(rows[n][5].rstrip("%")) for n in names]
+    peak = re.search(r"(\d+) GFLOP/s on 1 thread", header).group(1)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"reaches (\d+)–(\d+)% of the one-core GEMM peak \((\d+) GFLOP/s in this run\) "
+                  r"on the serial build, and (\d+)–(\d+)% of the two-core peak", readme)
+    assert m, "README: the kernel benchmark's summary sentence is gone or reworded"
+    assert [int(v) for v in m.groups()] == [min(serial), max(serial), int(peak),
+                                             min(parallel), max(parallel)]
+    speedups = [float(rows[f"conv{i} forward (im2col+GEMM, +ReLU)"][1])
+                / float(rows[f"conv{i} forward (direct loops)"][1]) for i in (1, 2, 3)]
+    direct = {rows[f"conv{i} forward (direct loops)"][1] for i in (1, 2, 3)}
+    m = re.search(r"runs at ~(\d+\.\d) GFLOP/s: im2col \+ BLAS is (\d+)–(\d+)× faster", readme)
+    assert m, "README: the direct loops' sentence is gone or reworded"
+    assert direct == {m.group(1)}
+    assert int(m.group(2)) <= min(speedups) and max(speedups) <= int(m.group(3))
