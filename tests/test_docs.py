@@ -6,7 +6,8 @@
   ``python docs/sync_includes.py`` after regenerating results);
 - every relative link and image resolves to an existing path;
 - the README's prose summary of the kernel table (a range of percentages, not a
-  figure marker: bench/kernels.py writes Markdown, no JSON) matches the table;
+  figure marker: bench/kernels.py writes Markdown, no JSON) matches the table, and
+  its range of the products' percentages matches bench/products.py's JSON;
 - every ```` ```python runnable ```` / ```` ```bash runnable ```` block runs with exit
   status 0 (bash from the repository root, this interpreter first on PATH;
   blocks that mention SCRATCHCNN_DATA are skipped without the real dataset);
@@ -218,3 +219,22 @@ def test_kernel_benchmark_prose_matches_its_table():
     assert m, "README: the direct loops' sentence is gone or reworded"
     assert direct == {m.group(1)}
     assert int(m.group(2)) <= min(speedups) and max(speedups) <= int(m.group(3))
+
+
+def test_products_range_matches_its_report():
+    """The README's "products run at A–B% of the peak part by part" is the range of the
+    convolutions' products in bench/products.py's committed JSON (serial against the
+    one-core peak, the threaded run against the all-core peak)."""
+    import json
+    report = json.loads((ROOT / "docs" / "results" / "products" / "products.json").read_text())
+    peak = report["gemm_peak"]
+    percents = []
+    for conf in report["configurations"]:
+        gflops = peak["one_thread_gflops"] if conf["threads"] == 1 else peak["all_threads_gflops"]
+        percents += [round(100 * conf["flops"][part] / (ms * 1e-3) / 1e9 / gflops)
+                     for part, ms in conf["products_ms"].items() if part.startswith("conv")]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"the convolutions' products run at (\d+)–(\d+)% of the peak part by part",
+                  readme)
+    assert m, "README: the products' range sentence is gone or reworded"
+    assert (int(m.group(1)), int(m.group(2))) == (min(percents), max(percents))
