@@ -1,4 +1,4 @@
-"""Would fewer multiplications pay? Winograd F(2x2, 3x3) against our convolution.
+"""Would fewer multiplications pay? Winograd F(2x2, 3x3) against our convolution, both ways.
 
     python bench/winograd.py --out docs/results/winograd
 
@@ -27,13 +27,18 @@ after every weight update; each of its four parts is also timed alone. Both
 forwards are checked against each other (float32: largest difference; float64:
 relative).
 
-What it does not do: a Winograd backward (the input gradient is the same
-algorithm on the padded output gradient with the flipped filters; the weight
-gradient needs F(3x3, 2x2)), the fused pool, or a parallel build. The forward
-ratio is an estimate, not a bound, of what a whole Winograd step could gain on
-these layers. The bits are not those of the current kernels (the sums are
-reordered), so a Winograd kernel would be a new serial/parallel pair, not a
-drop-in.
+The backward (weight, bias and input gradients) is the adjoint of each
+forward stage in reverse order -- A y A^T for the output gradient's 2x2
+tiles, 32 BLAS products (dU[k] = V[k]^T dM[k] summed over all the batch's
+tiles, dV[k] = dM[k] U[k]^T), B dV B^T added back into the overlapping input
+windows, G^T dU G for the filters -- reusing the forward's transformed input
+tiles, as the current kernels reuse their patches; it is timed against the
+current backward, which computes the three gradients in one pass.
+
+What it does not do: the fused pool, or a parallel build. The step-level
+estimate (from ``bench/products.py``'s parts) is therefore an estimate. The
+bits are not those of the current kernels (the sums are reordered), so a
+Winograd kernel would be a new serial/parallel pair, not a drop-in.
 
 Writes ``winograd.json`` and ``winograd.md`` to ``--out``.
 """
@@ -167,21 +172,127 @@ def transform_output(M, b, TH, TW, pixels, out):
                     out[n, f, i, j] = pixels[i, j, f]
 
 
-def winograd_workspaces(x_shape: tuple, F: int, dtype) -> dict:
-    """The arrays one Winograd forward needs: U, V, M, the two per-sample pixel buffers,
-    and the tile counts TH, TW.
+# -- backward: the adjoint of each forward stage, in reverse order ----------------------
+@njit(cache=True, nogil=True)
+def output_transform_adjoint(dy, TH, TW, pixels, dM, db):
+    """dM (16, N*TH*TW [+ padding], F) = A y A^T for every 2x2 tile y of the output gradient
+    dy (N, F, OH, OW) (zeros past its edge), the adjoint of ``transform_output``; and
+    db = the sum of dy per filter. Per sample, dy is first copied into ``pixels``
+    (2*TH, 2*TW, F) as rows of F channels; the innermost loops run over the channels.
+    A = [[1, 0], [1, 1], [1, -1], [0, -1]]: additions only."""
+    N, F, OH, OW = dy.shape
+    TT = TH * TW
+    pixels[:, :, :] = 0
+    db[:] = 0
+    for n in range(N):
+        for i in range(OH):
+            for j in range(OW):
+                for f in range(F):
+                    pixels[i, j, f] = dy[n, f, i, j]
+                    db[f] += dy[n, f, i, j]
+        for ty in range(TH):
+            for tx in range(TW):
+                t = n * TT + ty * TW + tx
+                a, q = 2 * ty, 2 * tx
+                y00, y01 = pixels[a, q], pixels[a, q + 1]
+                y10, y11 = pixels[a + 1, q], pixels[a + 1, q + 1]
+                for f in range(F):
+                    # A y: rows r<i> (2 columns each)
+                    r00, r01 = y00[f], y01[f]
+                    r10, r11 = y00[f] + y10[f], y01[f] + y11[f]
+                    r20, r21 = y00[f] - y10[f], y01[f] - y11[f]
+                    r30, r31 = -y10[f], -y11[f]
+                    dM[0, t, f], dM[1, t, f] = r00, r00 + r01
+                    dM[2, t, f], dM[3, t, f] = r00 - r01, -r01
+                    dM[4, t, f], dM[5, t, f] = r10, r10 + r11
+                    dM[6, t, f], dM[7, t, f] = r10 - r11, -r11
+                    dM[8, t, f], dM[9, t, f] = r20, r20 + r21
+                    dM[10, t, f], dM[11, t, f] = r20 - r21, -r21
+                    dM[12, t, f], dM[13, t, f] = r30, r30 + r31
+                    dM[14, t, f], dM[15, t, f] = r30 - r31, -r31
 
-    U, V and M each get one padding row per position k, (16, C + 1, F), (16, T + 1, C),
-    (16, T + 1, F): unpadded, the distance between two positions' rows was a multiple of
-    4 KiB here (T * C * 4 bytes = 49 pages for conv2), so a tile's 16 values all fall in
-    the same set of the L1 cache, which holds fewer lines than that; storing them evicted
-    each other (the filter transform ran ~10x slower, and the input transform ~5x)."""
+
+@njit(cache=True, nogil=True)
+def backward_products(V, dM, U, dU, dV):
+    """The adjoint of ``tile_products``, 32 BLAS products: dU[k] = V[k]^T @ dM[k]
+    (C, T) x (T, F), summed over all the batch's tiles; dV[k] = dM[k] @ U[k]^T
+    (T, F) x (F, C)."""
+    T, C = V.shape[1] - 1, U.shape[1] - 1
+    for k in range(16):
+        np.dot(V[k, :T].T, dM[k, :T], dU[k, :C])
+        np.dot(dM[k, :T], U[k, :C].T, dV[k, :T])
+
+
+@njit(cache=True, nogil=True)
+def input_transform_adjoint(dV, TH, TW, first, second, sign, pixels, dx):
+    """dx (N, C, H, W): the adjoint of ``transform_input``, B dV B^T of every tile added
+    into its 4x4 window of the input (windows overlap by 2, so each pixel sums up to 4
+    tiles, always in the same order). Per sample the sums are built in ``pixels``
+    (2*TH+2, 2*TW+2, C), innermost loop over the channels, then copied out."""
+    N, C, H, W = dx.shape
+    TT = TH * TW
+    for n in range(N):
+        pixels[:, :, :] = 0
+        for ty in range(TH):
+            for tx in range(TW):
+                t = n * TT + ty * TW + tx
+                for i in range(4):
+                    r0, r1, si = 2 * ty + first[i], 2 * ty + second[i], sign[i]
+                    for j in range(4):
+                        c0, c1, sj = 2 * tx + first[j], 2 * tx + second[j], sign[j]
+                        p00, p01 = pixels[r0, c0], pixels[r0, c1]
+                        p10, p11 = pixels[r1, c0], pixels[r1, c1]
+                        src = dV[4 * i + j, t]
+                        for c in range(C):
+                            g = src[c]
+                            p00[c] += g
+                            p01[c] += sj * g
+                            p10[c] += si * g
+                            p11[c] += (si * sj) * g
+        for c in range(C):
+            for i in range(H):
+                for j in range(W):
+                    dx[n, c, i, j] = pixels[i, j, c]
+
+
+@njit(cache=True, nogil=True)
+def filter_transform_adjoint(dU, dw):
+    """dw (F, C, 3, 3) = G^T dU G for every filter, the adjoint of ``transform_filters``
+    (dU (16, C [+ padding], F) as U is laid out)."""
+    F, C = dw.shape[0], dw.shape[1]
+    half = dw.dtype.type(0.5)
+    dh = np.empty((4, 3), dw.dtype)
+    for c in range(C):
+        for f in range(F):
+            for i in range(4):  # dh = dU G: row i
+                u0, u1 = dU[4 * i, c, f], dU[4 * i + 1, c, f]
+                u2, u3 = dU[4 * i + 2, c, f], dU[4 * i + 3, c, f]
+                dh[i, 0] = u0 + (u1 + u2) * half
+                dh[i, 1] = (u1 - u2) * half
+                dh[i, 2] = (u1 + u2) * half + u3
+            for j in range(3):  # G^T dh: column j
+                dw[f, c, 0, j] = dh[0, j] + (dh[1, j] + dh[2, j]) * half
+                dw[f, c, 1, j] = (dh[1, j] - dh[2, j]) * half
+                dw[f, c, 2, j] = (dh[1, j] + dh[2, j]) * half + dh[3, j]
+
+
+def winograd_workspaces(x_shape: tuple, F: int, dtype) -> dict:
+    """The arrays one Winograd forward and backward need: U, V, M (forward), dM, dU, dV
+    (backward), the two per-sample pixel buffers, and the tile counts TH, TW.
+
+    U, V, M (and dU, dV, dM) each get one padding row per position k, (16, C + 1, F),
+    (16, T + 1, C), (16, T + 1, F). Unpadded, two positions' rows were a multiple of
+    4 KiB apart (conv2's V: T * C * 4 bytes = 49 pages), so a filter's or a tile's 16
+    values all fell in one set of the L1 cache, which holds fewer lines than that, and
+    evicted each other: the filter transform ran ~10x slower."""
     N, C, H, W = x_shape
     OH, OW = H - 2, W - 2
     TH, TW = (OH + 1) // 2, (OW + 1) // 2
     T = N * TH * TW
     return {"TH": TH, "TW": TW, "U": np.zeros((16, C + 1, F), dtype),
             "V": np.zeros((16, T + 1, C), dtype), "M": np.zeros((16, T + 1, F), dtype),
+            "dM": np.zeros((16, T + 1, F), dtype), "dU": np.zeros((16, C + 1, F), dtype),
+            "dV": np.zeros((16, T + 1, C), dtype),
             "in_pixels": np.empty((2 * TH + 2, 2 * TW + 2, C), dtype),
             "out_pixels": np.empty((2 * TH, 2 * TW, F), dtype)}
 
@@ -197,6 +308,17 @@ def conv2d_winograd(x, w, b, ws, out) -> None:
     transform_output(ws["M"], b, ws["TH"], ws["TW"], ws["out_pixels"], out)
 
 
+def conv2d_winograd_backward(dy, w, ws, dw, db, dx) -> None:
+    """dw, db, dx of ``conv2d_winograd`` from d(loss)/d(out) ``dy``; reads the V and U
+    that the last forward left in ``ws`` (as the current kernels keep their patches)."""
+    TH, TW = ws["TH"], ws["TW"]
+    output_transform_adjoint(dy, TH, TW, ws["out_pixels"], ws["dM"], db)
+    backward_products(ws["V"], ws["dM"], ws["U"], ws["dU"], ws["dV"])
+    input_transform_adjoint(ws["dV"], TH, TW, B_FIRST, B_SECOND, B_SIGN.astype(dy.dtype),
+                            ws["in_pixels"], dx)
+    filter_transform_adjoint(ws["dU"], dw)
+
+
 def _layer(name: str, N: int, C: int, H: int, F: int, dtype, rng):
     """Random input, weights and bias of one layer, the current plan, both outputs."""
     from scratchcnn.kernels import serial
@@ -209,19 +331,31 @@ def _layer(name: str, N: int, C: int, H: int, F: int, dtype, rng):
     return x, w, b, plan, ws, np.empty(plan.out_shape, dtype), np.empty(plan.out_shape, dtype)
 
 
-def check(N: int, C: int, H: int, F: int, dtype, seed: int = 0) -> float:
-    """The largest difference between the Winograd forward and the plan's forward,
-    relative to the largest output magnitude."""
-    x, w, b, plan, ws, ref, out = _layer("check", N, C, H, F, dtype, np.random.default_rng(seed))
+def _rel(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+def check(N: int, C: int, H: int, F: int, dtype, seed: int = 0) -> dict:
+    """The largest differences between the Winograd forward and backward and the plan's,
+    each relative to the largest magnitude of its reference: ``forward`` (the output),
+    ``dw``, ``db``, ``dx``."""
+    rng = np.random.default_rng(seed)
+    x, w, b, plan, ws, ref, out = _layer("check", N, C, H, F, dtype, rng)
+    dy = rng.standard_normal(plan.out_shape).astype(dtype)
+    grads = [(np.empty_like(w), np.empty_like(b), np.empty_like(x)) for _ in range(2)]
     plan.forward(x, w, b, ref)
+    plan.backward(dy, w, *grads[0])
     conv2d_winograd(x, w, b, ws, out)
-    return float(np.abs(out.astype(np.float64) - ref).max() / np.abs(ref).max())
+    conv2d_winograd_backward(dy, w, ws, *grads[1])
+    return {"forward": _rel(out, ref),
+            **{k: _rel(ours, theirs) for k, ours, theirs in zip(("dw", "db", "dx"), *grads)}}
 
 
 def measure(repeats: int, layers=LAYERS) -> list[dict]:
-    """One row per layer: milliseconds (best of ``repeats``) of the plan's forward and of
-    the Winograd forward and its four parts, the products' and the forward's multiply-add
-    counts, and the float32 and float64 relative differences."""
+    """One row per layer: milliseconds (best of ``repeats``) of the plan's forward and
+    backward (both gradients) and of the Winograd forward and backward and their parts,
+    the products' and the forward's multiply-add counts, and the relative differences
+    (``check``) in float32 and float64."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
@@ -229,42 +363,63 @@ def measure(repeats: int, layers=LAYERS) -> list[dict]:
     with threadpool_limits(limits=1, user_api="blas"):
         for name, N, C, H, F in layers:
             x, w, b, plan, ws, ref, out = _layer(name, N, C, H, F, np.float32, rng)
+            dy = rng.standard_normal(plan.out_shape).astype(np.float32)
+            dw, db, dx = np.empty_like(w), np.empty_like(b), np.empty_like(x)
             U = ws["U"]
             transform_filters(w, U)
             OH = H - 2
             T = ws["V"].shape[1] - 1
+            TH, TW = ws["TH"], ws["TW"]
+            sign = B_SIGN.astype(x.dtype)
             ms = {
                 "im2row + BLAS (now)": best_seconds(partial(plan.forward, x, w, b, ref), repeats),
                 "winograd": best_seconds(partial(conv2d_winograd, x, w, b, ws, out), repeats),
                 "input transform": best_seconds(partial(
-                    transform_input, x, ws["TH"], ws["TW"], B_FIRST, B_SECOND,
-                    B_SIGN.astype(x.dtype), ws["in_pixels"], ws["V"]), repeats),
+                    transform_input, x, TH, TW, B_FIRST, B_SECOND, sign, ws["in_pixels"],
+                    ws["V"]), repeats),
                 "16 products": best_seconds(partial(tile_products, ws["V"], U, ws["M"]),
                                             repeats),
                 "output transform": best_seconds(partial(
-                    transform_output, ws["M"], b, ws["TH"], ws["TW"], ws["out_pixels"], out),
-                    repeats),
+                    transform_output, ws["M"], b, TH, TW, ws["out_pixels"], out), repeats),
                 "filter transform": best_seconds(partial(transform_filters, w, U), repeats),
             }
             plan.forward(x, w, b, ref)
             conv2d_winograd(x, w, b, ws, out)
+            ms_back = {
+                "now (both gradients)": best_seconds(partial(plan.backward, dy, w, dw, db, dx),
+                                                     repeats),
+                "winograd": best_seconds(partial(conv2d_winograd_backward, dy, w, ws, dw, db,
+                                                 dx), repeats),
+                "output adjoint": best_seconds(partial(
+                    output_transform_adjoint, dy, TH, TW, ws["out_pixels"], ws["dM"], db),
+                    repeats),
+                "32 products": best_seconds(partial(backward_products, ws["V"], ws["dM"], U,
+                                                    ws["dU"], ws["dV"]), repeats),
+                "input adjoint": best_seconds(partial(
+                    input_transform_adjoint, ws["dV"], TH, TW, B_FIRST, B_SECOND, sign,
+                    ws["in_pixels"], dx), repeats),
+                "filter adjoint": best_seconds(partial(filter_transform_adjoint, ws["dU"], dw),
+                                               repeats),
+            }
             rows.append({
                 "layer": name, "N": N, "C": C, "H": H, "F": F, "OH": OH, "tiles": T,
                 "ms": {k: v * 1e3 for k, v in ms.items()},
+                "ms_backward": {k: v * 1e3 for k, v in ms_back.items()},
                 "flops_direct": 2 * N * F * C * 9 * OH * OH,
                 "flops_winograd_products": 2 * 16 * T * C * F,
                 "ratio": ms["winograd"] / ms["im2row + BLAS (now)"],
-                "max_rel_diff_float32": float(np.abs(out - ref).max() / np.abs(ref).max()),
+                "backward_ratio": ms_back["winograd"] / ms_back["now (both gradients)"],
+                "max_rel_diff_float32": check(N, C, H, F, np.float32),
                 "max_rel_diff_float64": check(N, C, H, F, np.float64),
             })
     return rows
 
 
 def summarize(rows: list[dict]) -> dict:
-    """The figures the README quotes, per layer: the Winograd/now time ratio, the products'
-    share of the direct multiply-adds and their GFLOP/s, the three transforms' ms (each
-    timed alone) and the whole Winograd forward's; and whether Winograd's forward was
-    faster at every layer."""
+    """The figures the README quotes, per layer: the Winograd/now time ratio of the forward
+    and of the backward, the forward products' share of the direct multiply-adds and
+    their GFLOP/s, the three forward transforms' ms (each timed alone) and the whole
+    Winograd forward's; and whether Winograd was faster at every layer, both ways."""
     out = {}
     for r in rows:
         out[r["layer"]] = {
@@ -275,75 +430,117 @@ def summarize(rows: list[dict]) -> dict:
             "transforms_ms": sum(r["ms"][f"{part} transform"]
                                  for part in ("input", "output", "filter")),
             "winograd_ms": r["ms"]["winograd"],
+            "backward_ratio": r["backward_ratio"],
+            "products_ratio": r["ms"]["16 products"] / r["ms"]["im2row + BLAS (now)"],
+            "backward_products_ratio": r["ms_backward"]["32 products"]
+            / r["ms_backward"]["now (both gradients)"],
         }
-    out["winograd_faster_everywhere"] = all(r["ratio"] < 1 for r in rows)
+    out["winograd_faster_everywhere"] = all(r["ratio"] < 1 and r["backward_ratio"] < 1
+                                            for r in rows)
     return out
 
 
 def step_estimate(products: dict, summary: dict) -> list[dict]:
-    """What a whole training step would reach if every conv2 and conv3 part of it (forward
-    and backward, glue included) shrank by the Winograd forward's ratio measured here:
-    per configuration of ``bench/products.py``'s JSON (``products``), the step's ms and
-    % of the GEMM peak now and so estimated. An estimate: the backward is not measured."""
+    """What a whole training step would reach if every conv2 and conv3 part of it shrank by
+    the Winograd ratio measured here (forward parts by the forward's, backward parts by the
+    backward's; their glue, such as the fused pool, included), and -- the *bound* -- if
+    they shrank to the Winograd products alone, every transform free: per configuration
+    of ``bench/products.py``'s JSON (``products``), the step's ms and % of the GEMM peak
+    now, so estimated, and so bounded. Estimates: ratios from one thread, applied to every
+    configuration, the pool fusion left as it is."""
     out = []
     for conf in products["configurations"]:
         step, total = conf["step_ms"], conf["totals"]
-        saved = sum(ms * (1 - summary[part.split()[0]]["ratio"])
-                    for part, ms in step.items() if part.split()[0] in summary)
-        now = total["step_ms"]
+        saved = saved_bound = 0.0
+        for part, ms in step.items():
+            layer, _, kind = part.partition(" ")
+            if layer in summary:
+                back = "" if kind == "forward" else "backward_"
+                saved += ms * (1 - summary[layer][back + "ratio"])
+                saved_bound += ms * (1 - summary[layer][back + "products_ratio"])
+        now, pct = total["step_ms"], 100 * total["step_peak_fraction"]
         out.append({"name": conf["name"], "threads": conf["threads"], "step_ms": now,
-                    "step_ms_estimate": now - saved,
-                    "step_peak_percent": 100 * total["step_peak_fraction"],
-                    "step_peak_percent_estimate": 100 * total["step_peak_fraction"] * now
-                    / (now - saved)})
+                    "step_ms_estimate": now - saved, "step_ms_bound": now - saved_bound,
+                    "step_peak_percent": pct,
+                    "step_peak_percent_estimate": pct * now / (now - saved),
+                    "step_peak_percent_bound": pct * now / (now - saved_bound)})
     return out
 
 
 def report(rows: list[dict], peak: dict, command: str, machine: dict,
            estimate: list[dict] | None = None, products_path: str = "") -> str:
-    """The Markdown report: per layer, each timing and its ratio to the current forward;
-    with ``estimate`` (``step_estimate``), the step-level estimate."""
+    """The Markdown report: per layer, the forward's and the backward's timings and their
+    ratios to the current kernels; with ``estimate`` (``step_estimate``), the step-level
+    estimate."""
     one = peak["one_thread_gflops"]
     sm = summarize(rows)
     kinds = list(rows[0]["ms"])
+    back = list(rows[0]["ms_backward"])
+
+    def diffs(r: dict, keys) -> str:
+        return "; ".join(f"{k} {r['max_rel_diff_float32'][k]:.1e}, "
+                         f"{r['max_rel_diff_float64'][k]:.1e}" for k in keys)
+
+    def layer(r: dict) -> str:
+        return f"{r['layer']} ({r['C']}→{r['F']}, {r['H']}² → {r['OH']}²)"
+
     lines = [
-        "### Winograd F(2x2, 3x3) forward vs the current im2row + BLAS forward",
+        "### Winograd F(2x2, 3x3) vs the current im2row + BLAS convolution",
         "",
         f"`{command}`",
         "",
         f"Machine: {machine['cpu_model']}, {machine['cpu_count']} cores, Numba "
         f"{machine.get('numba', '?')}, NumPy {machine.get('numpy', '?')}; float32 GEMM peak "
         f"(NumPy's BLAS, {peak['size']}², one thread): {one:.0f} GFLOP/s. Batch 32, one "
-        "thread, float32; best of the repeats, in ms. \"winograd\" is the whole forward, "
+        "thread, float32; best of the repeats, in ms. \"winograd\" is the whole pass, "
         "filter transform included (a training step changes the weights, so it transforms "
-        "them every step); its four parts are also timed alone.",
+        "them every step); its parts are also timed alone. Differences are relative to the "
+        "largest magnitude of the current kernel's result, float32 then float64.",
+        "",
+        "Forward:",
         "",
         "| layer | " + " | ".join(kinds) + " | winograd / now | products' multiplications "
-        "| products GFLOP/s | largest relative difference (float32, float64) |",
+        "| products GFLOP/s | largest difference |",
         "|---|" + "---:|" * (len(kinds) + 3) + "---|",
     ]
     for r in rows:
         s = sm[r["layer"]]
         lines.append(
-            f"| {r['layer']} ({r['C']}→{r['F']}, {r['H']}² → {r['OH']}²) | "
-            + " | ".join(f"{r['ms'][k]:.3f}" for k in kinds)
+            f"| {layer(r)} | " + " | ".join(f"{r['ms'][k]:.3f}" for k in kinds)
             + f" | {r['ratio']:.2f} | {s['multiplication_ratio']:.2f}× | "
-            f"{s['products_gflops']:.0f} | {r['max_rel_diff_float32']:.1e}, "
-            f"{r['max_rel_diff_float64']:.1e} |")
-    verdict = ("Winograd's forward is faster at every layer." if sm["winograd_faster_everywhere"]
-               else "Winograd's forward is not faster at every layer.")
+            f"{s['products_gflops']:.0f} | {diffs(r, ['forward'])} |")
+    lines += [
+        "",
+        "Backward (weight, bias and input gradients; the current kernel computes them in one "
+        "pass, Winograd as the adjoint of each forward stage, reusing the forward's "
+        "transformed tiles):",
+        "",
+        "| layer | " + " | ".join(back) + " | winograd / now | largest difference |",
+        "|---|" + "---:|" * (len(back) + 1) + "---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {layer(r)} | " + " | ".join(f"{r['ms_backward'][k]:.3f}" for k in back)
+            + f" | {r['backward_ratio']:.2f} | {diffs(r, ['dw', 'db', 'dx'])} |")
+    verdict = ("Winograd is faster at every layer, forward and backward."
+               if sm["winograd_faster_everywhere"]
+               else "Winograd is not faster at every layer, forward and backward.")
     lines += ["", verdict, ""]
     if estimate:
         lines += [
-            f"If every conv2 and conv3 part of a training step (forward and backward, glue "
-            f"included) shrank by these ratios -- an estimate: no Winograd backward is measured "
-            f"-- the steps of `{products_path}` would become:",
+            f"If every conv2 and conv3 part of a training step shrank by these ratios (forward "
+            f"parts by the forward's, backward parts by the backward's; their glue, such as "
+            f"the fused pool, included), the steps of `{products_path}` would become "
+            f"\"estimated\"; if they shrank to the Winograd products alone, every transform "
+            f"free, \"bound\" (estimates, from one thread):",
             "",
-            "| configuration | step ms now | estimated | % of the GEMM peak now | estimated |",
-            "|---|---:|---:|---:|---:|",
+            "| configuration | step ms now | estimated | bound | % of the GEMM peak now "
+            "| estimated | bound |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [f"| {e['name']} | {e['step_ms']:.2f} | {e['step_ms_estimate']:.2f} | "
-                  f"{e['step_peak_percent']:.0f}% | {e['step_peak_percent_estimate']:.0f}% |"
+                  f"{e['step_ms_bound']:.2f} | {e['step_peak_percent']:.0f}% | "
+                  f"{e['step_peak_percent_estimate']:.0f}% | {e['step_peak_percent_bound']:.0f}% |"
                   for e in estimate]
         lines.append("")
     return "\n".join(lines)

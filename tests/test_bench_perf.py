@@ -261,37 +261,44 @@ def test_numba_gemm_products_are_right_and_shaped_like_the_kernels():
 
 
 def test_winograd_forward_is_the_convolution():
-    """bench/winograd.py: the F(2x2, 3x3) forward equals the CPU plan's convolution (float64:
-    to rounding; float32: within float32 rounding), for odd and even output sizes (the last
-    tile row and column cut off or not), with more than one sample and channel; its
-    multiply-add counts are the direct and the 16-product ones; the verdict follows the
-    ratios."""
+    """bench/winograd.py: the F(2x2, 3x3) forward and its backward (dw, db, dx) equal the CPU
+    plan's convolution and its gradients (float64: to rounding; float32: within float32
+    rounding), for odd and even output sizes (the last tile row and column cut off or not),
+    with more than one sample and channel; its multiply-add counts are the direct and the
+    16-product ones; the verdict follows the ratios, forward and backward."""
     import numpy as np
     import winograd
 
     for N, C, H, F in [(2, 3, 7, 4), (3, 5, 8, 2), (1, 2, 3, 1)]:  # OH = 5, 6, 1
-        assert winograd.check(N, C, H, F, np.float64) < 1e-13
-        assert winograd.check(N, C, H, F, np.float32) < 1e-5
+        for dtype, tol in ((np.float64, 1e-13), (np.float32, 1e-5)):
+            diffs = winograd.check(N, C, H, F, dtype)
+            assert set(diffs) == {"forward", "dw", "db", "dx"}
+            assert max(diffs.values()) < tol, (N, C, H, F, dtype, diffs)
     rows = winograd.measure(1, layers=[("tiny", 2, 3, 7, 4)])
     (r,) = rows
     assert r["tiles"] == 2 * 3 * 3 and r["OH"] == 5
     assert r["flops_direct"] == 2 * 2 * 4 * 3 * 9 * 5 * 5
     assert r["flops_winograd_products"] == 2 * 16 * 18 * 3 * 4
-    assert r["max_rel_diff_float32"] < 1e-5 and r["max_rel_diff_float64"] < 1e-13
+    assert max(r["max_rel_diff_float32"].values()) < 1e-5
+    assert max(r["max_rel_diff_float64"].values()) < 1e-13
     assert set(r["ms"]) == {"im2row + BLAS (now)", "winograd", "input transform", "16 products",
                             "output transform", "filter transform"}
-    fake = [dict(r, ratio=0.8), dict(r, layer="other", ratio=1.2)]
+    assert set(r["ms_backward"]) == {"now (both gradients)", "winograd", "output adjoint",
+                                     "32 products", "input adjoint", "filter adjoint"}
+    fake = [dict(r, ratio=0.8, backward_ratio=0.9), dict(r, layer="other", ratio=1.2)]
     assert not winograd.summarize(fake)["winograd_faster_everywhere"]
     assert winograd.summarize(fake[:1])["winograd_faster_everywhere"]
+    assert not winograd.summarize([dict(r, ratio=0.8, backward_ratio=1.1)])[
+        "winograd_faster_everywhere"]
     md = winograd.report(fake, {"one_thread_gflops": 100.0, "size": 64}, "cmd",
                          {"cpu_model": "cpu", "cpu_count": 2})
-    assert "| tiny (3→4, 7² → 5²) |" in md and "not faster at every layer" in md
+    assert md.count("| tiny (3→4, 7² → 5²) |") == 2 and "not faster at every layer" in md
 
 
 def test_winograd_step_estimate_shrinks_only_conv2_and_conv3():
     """bench/winograd.py's step-level estimate: the conv2 and conv3 parts of a products.py
-    step shrink by their layer's ratio, nothing else moves, and the % of the peak grows by
-    the inverse of the step's shrink."""
+    step shrink by their layer's forward or backward ratio, nothing else moves, and the %
+    of the peak grows by the inverse of the step's shrink."""
     import winograd
 
     products = {"configurations": [{
@@ -299,9 +306,16 @@ def test_winograd_step_estimate_shrinks_only_conv2_and_conv3():
         "step_ms": {"conv1 forward": 1.0, "conv2 forward": 2.0, "conv2 backward": 4.0,
                     "conv3 backward": 1.0, "optimizer": 2.0},
         "totals": {"step_ms": 10.0, "step_peak_fraction": 0.4}}]}
-    summary = {"conv2": {"ratio": 0.5}, "conv3": {"ratio": 0.8},
+    summary = {"conv2": {"ratio": 0.5, "backward_ratio": 0.75, "products_ratio": 0.25,
+                         "backward_products_ratio": 0.5},
+               "conv3": {"ratio": 0.8, "backward_ratio": 0.5, "products_ratio": 0.4,
+                         "backward_products_ratio": 0.25},
                "winograd_faster_everywhere": True}
     (e,) = winograd.step_estimate(products, summary)
-    assert e["step_ms_estimate"] == pytest.approx(10.0 - 3.0 - 0.2)
+    saved = 2.0 * 0.5 + 4.0 * 0.25 + 1.0 * 0.5  # conv2 forward, conv2 backward, conv3 backward
+    bound = 2.0 * 0.75 + 4.0 * 0.5 + 1.0 * 0.75
+    assert e["step_ms_estimate"] == pytest.approx(10.0 - saved)
+    assert e["step_ms_bound"] == pytest.approx(10.0 - bound)
     assert e["step_peak_percent"] == pytest.approx(40.0)
-    assert e["step_peak_percent_estimate"] == pytest.approx(40.0 * 10.0 / 6.8)
+    assert e["step_peak_percent_estimate"] == pytest.approx(40.0 * 10.0 / (10.0 - saved))
+    assert e["step_peak_percent_bound"] == pytest.approx(40.0 * 10.0 / (10.0 - bound))
