@@ -1,8 +1,10 @@
-"""Shared benchmark helpers: the machine's float32 GEMM peak, a machine summary, and
-writing a report (JSON + Markdown)."""
+"""Shared benchmark helpers: the best of repeated timings, the machine's float32 GEMM peak,
+a machine summary, the arguments of the one-thread micro-benchmarks, and writing a report
+(JSON + Markdown)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -58,6 +60,28 @@ def machine_summary() -> dict:
         layer = numba.config.THREADING_LAYER
     return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "threading_layer": layer,
             **versions()}
+
+
+def micro_bench_parser(prog: str, doc: str, name: str,
+                       repeats_help: str) -> argparse.ArgumentParser:
+    """The arguments every one-thread micro-benchmark takes (``bench/numba_gemm.py``,
+    ``bench/winograd.py``): ``--repeats`` (the best counts), ``--gemm-size`` (the peak
+    probe) and ``--out`` (default ``docs/results/<name>``); a script adds its own, then
+    parses with ``parse_micro_bench``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=50, help=repeats_help)
+    p.add_argument("--gemm-size", type=int, default=2048, help="size of the peak probe")
+    p.add_argument("--out", type=Path, default=Path("docs/results") / name,
+                   help=f"folder for {name}.json and {name}.md")
+    return p
+
+
+def parse_micro_bench(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``micro_bench_parser``'s arguments; a count below 1 is a usage error."""
+    a = p.parse_args(argv)
+    if a.repeats < 1 or a.gemm_size < 1:
+        p.error("--repeats and --gemm-size must be at least 1")
+    return a
 
 
 def write_report(out: Path, name: str, data, md: str) -> None:

@@ -36,7 +36,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from common import best_seconds, gemm_peak, machine_summary, write_report  # noqa: E402
+from common import (  # noqa: E402
+    best_seconds,
+    gemm_peak,
+    machine_summary,
+    micro_bench_parser,
+    parse_micro_bench,
+    write_report,
+)
 from numba import njit  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
@@ -190,15 +197,8 @@ def report(rows: list[dict], peak: dict, command: str, machine: dict) -> str:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=50, help="calls per product; the best counts")
-    p.add_argument("--gemm-size", type=int, default=2048, help="size of the peak probe")
-    p.add_argument("--out", type=Path, default=Path("docs/results/numba_gemm"),
-                   help="folder for numba_gemm.json and numba_gemm.md")
-    a = p.parse_args(argv)
-    if a.repeats < 1 or a.gemm_size < 1:
-        p.error("--repeats and --gemm-size must be at least 1")
-    return a
+    p = micro_bench_parser(PROG, __doc__, "numba_gemm", "calls per product; the best counts")
+    return parse_micro_bench(p, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
