@@ -104,6 +104,19 @@ B_SECOND = np.array([2, 2, 1, 3], np.int64)
 B_SIGN = np.array([-1.0, 1.0, -1.0, -1.0])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def tile_rows(pixels, ty, tx, i, j, first, second, sign):
+    """What element (i, j) of tile (ty, tx)'s B^T d B combines: the four pixel rows
+    (channel vectors) p00, p01, p10, p11 and the signs si, sj, the element being
+    (p00 + sj * p01) + si * (p10 + sj * p11). ``transform_input`` reads this way and
+    ``input_transform_adjoint`` adds back the same way, so the two stay each other's
+    adjoint. Inlined where it is called."""
+    r0, r1 = 2 * ty + first[i], 2 * ty + second[i]
+    c0, c1 = 2 * tx + first[j], 2 * tx + second[j]
+    return (pixels[r0, c0], pixels[r0, c1], pixels[r1, c0], pixels[r1, c1], sign[i],
+            sign[j])
+
+
 @njit(cache=True, nogil=True)
 def transform_input(x, TH, TW, first, second, sign, pixels, V):
     """V (16, N*TH*TW [+ padding], C): B^T d B of every 4x4 input tile d (rows 2*ty..,
@@ -125,11 +138,9 @@ def transform_input(x, TH, TW, first, second, sign, pixels, V):
             for tx in range(TW):
                 t = n * TT + ty * TW + tx
                 for i in range(4):
-                    r0, r1, si = 2 * ty + first[i], 2 * ty + second[i], sign[i]
                     for j in range(4):
-                        c0, c1, sj = 2 * tx + first[j], 2 * tx + second[j], sign[j]
-                        p00, p01 = pixels[r0, c0], pixels[r0, c1]
-                        p10, p11 = pixels[r1, c0], pixels[r1, c1]
+                        p00, p01, p10, p11, si, sj = tile_rows(pixels, ty, tx, i, j, first,
+                                                               second, sign)
                         dst = V[4 * i + j, t]
                         for c in range(C):
                             dst[c] = (p00[c] + sj * p01[c]) + si * (p10[c] + sj * p11[c])
@@ -244,11 +255,9 @@ def input_transform_adjoint(dV, TH, TW, first, second, sign, pixels, dx):
             for tx in range(TW):
                 t = n * TT + ty * TW + tx
                 for i in range(4):
-                    r0, r1, si = 2 * ty + first[i], 2 * ty + second[i], sign[i]
                     for j in range(4):
-                        c0, c1, sj = 2 * tx + first[j], 2 * tx + second[j], sign[j]
-                        p00, p01 = pixels[r0, c0], pixels[r0, c1]
-                        p10, p11 = pixels[r1, c0], pixels[r1, c1]
+                        p00, p01, p10, p11, si, sj = tile_rows(pixels, ty, tx, i, j, first,
+                                                               second, sign)
                         src = dV[4 * i + j, t]
                         for c in range(C):
                             g = src[c]
@@ -326,7 +335,7 @@ def conv2d_winograd_backward(dy, w, ws, dw, db, dx) -> None:
     filter_transform_adjoint(ws["dU"], dw)
 
 
-def _layer(name: str, N: int, C: int, H: int, F: int, dtype, rng):
+def _layer(N: int, C: int, H: int, F: int, dtype, rng):
     """Random input, weights and bias of one layer, the current plan, both outputs."""
     from scratchcnn.kernels import serial
 
@@ -347,7 +356,7 @@ def check(N: int, C: int, H: int, F: int, dtype, seed: int = 0) -> dict:
     each relative to the largest magnitude of its reference: ``forward`` (the output),
     ``dw``, ``db``, ``dx``."""
     rng = np.random.default_rng(seed)
-    x, w, b, plan, ws, ref, out = _layer("check", N, C, H, F, dtype, rng)
+    x, w, b, plan, ws, ref, out = _layer(N, C, H, F, dtype, rng)
     dy = rng.standard_normal(plan.out_shape).astype(dtype)
     grads = [(np.empty_like(w), np.empty_like(b), np.empty_like(x)) for _ in range(2)]
     plan.forward(x, w, b, ref)
@@ -369,7 +378,7 @@ def measure(repeats: int, layers=LAYERS) -> list[dict]:
     rows = []
     with threadpool_limits(limits=1, user_api="blas"):
         for name, N, C, H, F in layers:
-            x, w, b, plan, ws, ref, out = _layer(name, N, C, H, F, np.float32, rng)
+            x, w, b, plan, ws, ref, out = _layer(N, C, H, F, np.float32, rng)
             dy = rng.standard_normal(plan.out_shape).astype(np.float32)
             dw, db, dx = np.empty_like(w), np.empty_like(b), np.empty_like(x)
             U = ws["U"]
@@ -390,9 +399,7 @@ def measure(repeats: int, layers=LAYERS) -> list[dict]:
                     transform_output, ws["M"], b, TH, TW, ws["out_pixels"], out), repeats),
                 "filter transform": best_seconds(partial(transform_filters, w, U), repeats),
             }
-            plan.forward(x, w, b, ref)
-            conv2d_winograd(x, w, b, ws, out)
-            ms_back = {
+            ms_back = {  # both backwards read what the timed forwards left (patches, V, U)
                 "now (both gradients)": best_seconds(partial(plan.backward, dy, w, dw, db, dx),
                                                      repeats),
                 "winograd": best_seconds(partial(conv2d_winograd_backward, dy, w, ws, dw, db,
