@@ -5,15 +5,17 @@ Each kernel runs one kind of data movement of ``kernels/convpool.py`` for a whol
 through the same helpers, with the same arguments and the same split over threads (one
 run of consecutive sample groups per thread), and nothing else:
 
-* ``patches``: unroll each group's patches (``im2col`` + the bias row for G = 1,
-  ``im2row`` with its bias column for G > 1), as ``conv_group_product`` does;
+* ``patches``: unroll each group's patches -- with a pool, the pooled pixels' only, in
+  window-major order (``im2col_windows`` for G = 1, ``im2row_windows`` for G > 1, as
+  ``pooled_group_product`` does); without, ``im2row`` with its bias column (G > 1), as
+  ``conv_group_product`` does;
 * ``pool``: the fused ReLU + 2x2 max-pool from a group's product tile (``all_finite``,
-  then ``window2x2`` plane by plane for G = 1 or ``relu_pool_pixel_rows`` for G > 1), or,
-  with no pool, the ReLU'd scatter of the product into output planes (``rows_to_planes``);
-* ``unpool``: the pooled gradient back into a group's tile, or with no pool the gather
-  of the output gradient (``group_output_gradient``, the kernel's own helper);
-* ``fold``: the patch gradients added back into the input gradient (``row2im``; G = 1
-  layers here need no input gradient);
+  then ``relu_pool_planes`` for G = 1 or ``relu_pool_rows`` for G > 1), or, with no
+  pool, the ReLU'd scatter of the product into output planes (``rows_to_planes``);
+* ``unpool``: the pooled gradient back into a group's tile (``unpool_relu``), or with
+  no pool the gather of the output gradient (``gather_dout``);
+* ``fold``: the patch gradients added back into the input gradient (``row2im_windows``
+  with a pool, ``row2im`` without; G = 1 layers here need no input gradient);
 * ``sums``: the per-group weight gradients summed in order (``sum_group_partials``).
 
 The tile holds random values, not a product: the pieces' speed does not depend on them
@@ -26,29 +28,39 @@ import numpy as np
 from numba import prange
 
 from scratchcnn.kernels.conv_fast import (
-    im2col,
+    gather_dout,
     im2row,
     row2im,
     rows_to_planes,
     sum_group_partials,
 )
-from scratchcnn.kernels.convpool import all_finite, group_output_gradient, relu_pool_pixel_rows
-from scratchcnn.kernels.pool import window2x2
+from scratchcnn.kernels.convpool import (
+    all_finite,
+    pooled_view,
+    relu_pool_planes,
+    relu_pool_rows,
+    unpool_relu,
+)
+from scratchcnn.kernels.windows import im2col_windows, im2row_windows, row2im_windows
 
 __all__ = ["glue_patches", "glue_pool", "glue_unpool", "glue_fold", "glue_sums"]
 
 
-def glue_patches(x, KH, KW, sh, sw, ph, pw, cols, G, slots):
-    """Every group's patches into cols (NG, K+1, P) for G = 1, (NG, G*P, K+1) for G > 1
-    (G > 1: the unrolled 3x3 copy of ``im2row``, as the kernels call it for the network's
-    unpadded 3x3 layers; G = 1: ``im2col`` with run-time arguments, as they call it)."""
+def glue_patches(x, PH, PW, pool, cols, G, slots):
+    """Every group's patches into cols (NG, K+1, P) for G = 1, (NG, G*P, K+1) for G > 1,
+    as the kernels unroll them for the network's unpadded 3x3 layers (the unrolled 3x3
+    copies): with ``pool`` the first 4*PH*PW pixels, window-major, else all P."""
     NG = cols.shape[0]
     for t in prange(slots):
         for g in range(t * NG // slots, (t + 1) * NG // slots):
-            if G == 1:
-                K = cols.shape[1] - 1
-                im2col(x[g], KH, KW, sh, sw, ph, pw, cols[g], 0)
-                cols[g, K, :] = 1
+            if pool and G == 1:
+                K1 = cols.shape[1]
+                im2col_windows(x[g], 3, 3, 1, 1, 0, 0, PH, PW,
+                               pooled_view(cols[g], K1, 4 * PH * PW))
+            elif pool:
+                P4 = 4 * PH * PW
+                for s in range(G):
+                    im2row_windows(x[g * G + s], 3, 3, 1, 1, 0, 0, PH, PW, cols[g], s * P4)
             else:
                 P = cols.shape[1] // G
                 for s in range(G):
@@ -57,25 +69,27 @@ def glue_patches(x, KH, KW, sh, sw, ph, pw, cols, G, slots):
 
 def glue_pool(tile, OH, OW, G, pool, pout, argmax):
     """From each group's tile (one per thread): ReLU + max-pool into pout/argmax
-    (``pool``), or the ReLU'd scatter into output planes pout (N, F, OH, OW)."""
+    (``pool``, the tile holding the pooled pixels window-major), or the ReLU'd scatter
+    into output planes pout (N, F, OH, OW)."""
     N, F = pout.shape[0], pout.shape[1]
     P = OH * OW
+    PH, PW = OH // 2, OW // 2
+    PP = PH * PW
     NG = N // G
     S = tile.shape[0]
     for t in prange(S):
         tt = tile[t]
         for g in range(t * NG // S, (t + 1) * NG // S):
             if G == 1 and pool:
-                planes = tt.reshape(F, OH, OW)
-                finite = all_finite(tt.reshape(F, P))
-                for f in range(F):
-                    window2x2(planes[f], 2, 2, True, pout[g, f], argmax[g, f], finite)
+                prod = pooled_view(tt, F, 4 * PP)
+                if all_finite(prod):
+                    relu_pool_planes(prod, pout[g].reshape(F, PP), argmax[g].reshape(F, PP))
             elif pool:
-                go = tt.reshape(G * P, F)
+                go = pooled_view(tt, G * 4 * PP, F)
                 if all_finite(go):
                     for s in range(G):
-                        relu_pool_pixel_rows(go[s * P:(s + 1) * P], OH, OW, pout[g * G + s],
-                                             argmax[g * G + s])
+                        relu_pool_rows(go[s * 4 * PP:(s + 1) * 4 * PP], pout[g * G + s],
+                                       argmax[g * G + s])
             else:
                 go = tt.reshape(G * P, F)
                 for s in range(G):
@@ -83,28 +97,36 @@ def glue_pool(tile, OH, OW, G, pool, pout, argmax):
 
 
 def glue_unpool(dpool, argmax, pout, P, G, pool, tile):
-    """Each group's output gradient into its thread's tile: unpooled (``pool``) or
-    gathered from dpool (N, F, OH, OW)."""
+    """Each group's output gradient into its thread's tile: unpooled (``pool``: the
+    pooled pixels, window-major) or gathered from dpool (N, F, OH, OW)."""
     N = dpool.shape[0]
     NG = N // G
     S = tile.shape[0]
     F = dpool.shape[1]
+    P4 = 4 * dpool.shape[2] * dpool.shape[3]
     for t in prange(S):
-        dg = tile[t].reshape(F, G * P)
         for g in range(t * NG // S, (t + 1) * NG // S):
-            group_output_gradient(dpool, argmax, pout, g * G, G, P, pool, dg)
+            if pool:
+                unpool_relu(dpool, argmax, pout, g * G, pooled_view(tile[t], F, G * P4))
+            else:
+                gather_dout(dpool, g * G, G, tile[t].reshape(F, G * P))
 
 
-def glue_fold(dcols, G, dx):
-    """Each group's patch gradients (one slot per thread, (G*P, K)) added back into dx."""
+def glue_fold(dcols, G, PH, PW, pool, dx):
+    """Each group's patch gradients (one slot per thread, (G*P, K)) added back into dx:
+    with ``pool`` the first G*4*PH*PW rows, window-major (``row2im_windows``)."""
     N = dx.shape[0]
     NG = N // G
     S = dcols.shape[0]
     P = dcols.shape[1] // G
+    P4 = 4 * PH * PW
     for t in prange(S):
         for g in range(t * NG // S, (t + 1) * NG // S):
             for s in range(G):
-                row2im(dcols[t], s * P, 3, 3, 1, 1, 0, 0, dx[g * G + s])
+                if pool:
+                    row2im_windows(dcols[t], s * P4, 3, 3, 1, 1, 0, 0, PH, PW, dx[g * G + s])
+                else:
+                    row2im(dcols[t], s * P, 3, 3, 1, 1, 0, 0, dx[g * G + s])
 
 
 def glue_sums(partial, dw2, db):

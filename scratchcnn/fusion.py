@@ -4,9 +4,12 @@ The reference network follows its first two ReLU convolutions by a 2x2,
 stride-2 max-pool. Run as two layers, the convolution writes its whole output
 and the pool reads it back (and the same again backward). On the CPU backends
 one kernel does both (``kernels/convpool.py``): the pooling runs on each
-sample group's product while it is in cache, and the convolution's output is
-never written. The result is the same, bit for bit, as the two layers one
-after the other.
+sample group's product while it is in cache, the convolution's output is
+never written, and only the pixels the pool reads are computed (conv2's last row
+and column are not). The result equals the two layers one after the other to
+rounding: the gradients are sums of fewer terms in another order, so their bits
+differ from the unfused layers' (and agree across backends and thread counts,
+as always); the pooled output and argmax are the same where BLAS rounds alike.
 
 ``Sequential`` calls ``fuse_conv_relu_pool(layers)`` as its build step: every
 fusable (Conv2D, MaxPool2D) pair becomes one ``ConvReLUPool`` step that uses

@@ -10,7 +10,9 @@ The training: the reference network on 116 deterministic random images (three
 batches of 32 and a partial batch of 20, so the sample-group sizes of the last
 batch differ), 5 steps of Adam then 5 of SGD with momentum, float32. It is run
 on the serial backend and on the parallel backend at 1, 2 and 3 threads, with
-and without the conv + ReLU + pool fusion; all must give the same bits.
+and without the conv + ReLU + pool fusion; all builds must give the same bits, one
+digest with the fusion and one without (the fused kernels compute only the pixels their
+pool reads: sums of fewer terms, so other bits).
 """
 
 from __future__ import annotations
