@@ -233,6 +233,7 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, relu, pool, wb, co
     NG = cols.shape[0]
     G = N // NG
     S = tile.shape[0]
+    unit = np.int64(1)  # a unit stride that is not a literal: one compile of relu_pool_nan
     if pool and not relu:
         raise ValueError("conv2d_relu_pool_forward: pool=True needs relu=True")
     fill_wb(w, b, wb)  # serial helper: no hidden parallel loop
@@ -245,13 +246,13 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, relu, pool, wb, co
         for g in range(t * NG // S, (t + 1) * NG // S):
             if pool and G == 1:  # tile as (F, 4*PP): the sample's pooled pixels, by plane
                 prod = pooled_view(tt, F, P4)
-                pooled_group_product(x, g, 1, KH, KW, sh, sw, ph, pw, PH, PW, wb,
+                pooled_group_product(x, g, G, KH, KW, sh, sw, ph, pw, PH, PW, wb,
                                      pooled_view(cols[g], K + 1, P4), prod)
                 po, ao = pout[g].reshape(F, PP), argmax[g].reshape(F, PP)
                 if all_finite(prod):  # one vectorized check per sample
                     relu_pool_planes(prod, po, ao)
                 else:  # a NaN or inf: the NaN rules (places PP apart, planes 4*PP apart)
-                    relu_pool_nan(prod.reshape(-1), PP, 1, P4, pout[g], argmax[g])
+                    relu_pool_nan(prod.reshape(-1), PP, unit, P4, pout[g], argmax[g])
             elif pool:  # tile as (G*4*PP, F): pixel rows, channel f every F floats
                 go = pooled_view(tt, G * P4, F)
                 pooled_group_product(x, g * G, G, KH, KW, sh, sw, ph, pw, PH, PW, wb,
@@ -262,7 +263,7 @@ def conv2d_relu_pool_forward(x, w, b, sh, sw, ph, pw, OH, OW, relu, pool, wb, co
                     if finite:  # the window loop runs over the channels of a pixel row
                         relu_pool_rows(rows, pout[g * G + s], argmax[g * G + s])
                     else:  # places PP rows apart, windows one row, channels one float
-                        relu_pool_nan(rows.reshape(-1), PP * F, F, 1, pout[g * G + s],
+                        relu_pool_nan(rows.reshape(-1), PP * F, F, unit, pout[g * G + s],
                                       argmax[g * G + s])
             elif G == 1:  # the product lands in the sample's output planes
                 on = pout[g].reshape(F, P)
