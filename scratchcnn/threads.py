@@ -68,9 +68,9 @@ def auto_loader_threads(backend: str, threads: int, cores: int | None = None, *,
     Why: preparing a batch costs ~1/200 of a training step, but a loader thread needs a
     core to do it. With the parallel backend on every core it takes one from a compute
     thread, and the whole parallel region waits for that thread: on 2 cores a pool of 2
-    loader threads made the epoch longer without augmentation (8.2 -> 8.9 s) and no shorter
-    with it, where preparing each batch in the training thread waited for data 1-2.5% of
-    the epoch (the training rows of docs/results/loader, bench/loader.py; docs/guide.md
+    loader threads made the epoch longer, without augmentation (9.4 -> 10.2 s) and with it
+    (9.9 -> 10.1 s), where preparing each batch in the training thread waited for data
+    1-3% of the epoch (the training rows of docs/results/loader, bench/loader.py; docs/guide.md
     section 4). Where a core is free (the serial and CUDA backends, fewer ``--threads``
     than cores) the pool overlaps loading with compute at no cost.
     """
