@@ -271,3 +271,41 @@ def test_fused_layer_checks_its_use():
         ConvReLUPool(sc.Conv2D(3, 4, 3, backend="serial"), pool)
     with pytest.raises(ValueError, match="smaller than the 2x2 pooling window"):
         fused.forward(np.ascontiguousarray(x[:, :, :3, :3]))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_window_major_patches_are_the_plane_order_ones_permuted(case):
+    """kernels/windows.py against conv_fast's plane-order helpers: im2col_windows /
+    im2row_windows write the patches of the pooled pixels, window-major (the same copies,
+    so the same bits), and col2im_windows / row2im_windows are their adjoints:
+    <unroll(x), d> == <x, fold(d)> (float64, to rounding)."""
+    from scratchcnn.kernels.conv_fast import im2col, im2row
+    from scratchcnn.kernels.windows import (
+        col2im_windows,
+        im2col_windows,
+        im2row_windows,
+        row2im_windows,
+    )
+
+    _, c, h, w, _, k, s, p = case
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((c, h, w))
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    ph, pw = oh // 2, ow // 2
+    kk, p4 = c * k * k, 4 * ph * pw
+    order = window_order(oh, ow)
+    cols, wcols = np.zeros((kk + 1, oh * ow)), np.zeros((kk + 1, p4))
+    im2col(x, k, k, s, s, p, p, cols, 0)
+    im2col_windows(x, k, k, s, s, p, p, ph, pw, wcols)
+    assert _bits(wcols[:kk]) == _bits(cols[:kk, order]) and (wcols[kk] == 1).all()
+    rows, wrows = np.zeros((oh * ow, kk + 1)), np.zeros((p4, kk + 1))
+    im2row(x, k, k, s, s, p, p, rows, 0)
+    im2row_windows(x, k, k, s, s, p, p, ph, pw, wrows, 0)
+    assert _bits(wrows) == _bits(rows[order])
+    d = rng.standard_normal((kk, p4))
+    dx = np.full_like(x, np.nan)
+    col2im_windows(d, k, k, s, s, p, p, ph, pw, dx)
+    assert np.isclose((wcols[:kk] * d).sum(), (x * dx).sum(), rtol=1e-12)
+    dx = np.full_like(x, np.nan)
+    row2im_windows(d.T.copy(), 0, k, k, s, s, p, p, ph, pw, dx)
+    assert np.isclose((wrows[:, :kk] * d.T).sum(), (x * dx).sum(), rtol=1e-12)
