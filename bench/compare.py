@@ -6,8 +6,17 @@
     python bench/compare.py --dataset fashion-mnist                # 1x28x28 images, 60,000
 
 Every configuration trains ``scratchcnn.model.reference_cnn`` (Adam, softmax
-cross-entropy, batch 32) from the same seed on the same batches (one shared
-``BatchLoader``; its batches do not depend on the loader's thread count).
+cross-entropy, batch 32) from the same seed on the same batches (a
+``BatchLoader``'s batches do not depend on its thread count).
+
+Loader threads (``--loader-threads``, default ``auto``): each configuration gets
+what ``python -m scratchcnn.train --loader-threads auto`` would give it, a loader
+thread for each core its compute threads leave free (on 2 cores: serial and
+parallel@1 one, parallel@2 none), and PyTorch at n threads the same as the
+parallel backend at n; so every row is what a user of the CLI's defaults gets, and
+PyTorch runs under the same rule. A loader thread that shares a core with a
+compute thread slows the whole parallel region (docs/guide.md, section 4). A
+number gives every configuration that many.
 
 Schedule (interleaved so that machine noise hits every configuration alike):
 for each repeat, fresh models are built for all configurations; then for each
@@ -31,14 +40,15 @@ about 30 clock reads per batch (microseconds against milliseconds).
 Writes compare.json, compare.md, speedup.png, accuracy.png, breakdown.png to ``--out``.
 
 compare.json: ``command``, ``started``, ``total_seconds``; ``settings`` (image
-counts, epochs, repeats, batch size, seed, loader threads, augment, thread
-lists, schedule); ``machine`` (CPU, logical and physical cores, threading
+counts, epochs, repeats, batch size, seed, loader threads (``auto`` or a
+number) and ``loader_threads_per_configuration``, augment, thread lists,
+schedule); ``machine`` (CPU, logical and physical cores, threading
 layer, versions, Numba pool size, threading environment variables, load
 averages); ``gemm_peak`` (``one_thread_gflops``, ``all_threads_gflops``);
 ``flops`` (``per_layer``, ``per_image``, ``per_epoch``, ``full_epoch``);
 ``warm_up`` (per backend: ``seconds``, ``cache_hits``, ``cache_misses``);
 ``configurations`` (one per configuration: ``name``, ``backend``, ``threads``,
-``epoch_seconds`` {min, median, max, n} and ``epoch_seconds_all``
+``loader_threads``, ``epoch_seconds`` {min, median, max, n} and ``epoch_seconds_all``
 [repeat][epoch], ``images_per_second``, ``speedup``, ``speedup_range``,
 ``efficiency``, ``gflops``, ``peak_gflops``, ``peak_fraction``,
 ``wait_seconds``, ``eval_seconds``, ``test_acc_per_epoch``, ``test_acc_all``,
@@ -53,6 +63,7 @@ final accuracies).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -62,7 +73,8 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from scratchcnn.train import int_at_least  # imports no numba: --threads is read first
+# scratchcnn.train imports no numba: --threads is read first
+from scratchcnn.train import int_at_least, loader_threads_flag
 
 PROG = "python bench/compare.py"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "compare"
@@ -113,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=list(FULL_TRAIN), default="cifar10",
                    help="train on CIFAR-10 (3x32x32) or on Fashion-MNIST/MNIST (1x28x28; the "
                         "network's first convolution and flatten size follow the shape)")
-    p.add_argument("--loader-threads", type=_non_negative_int, default=2,
-                   help="loader threads (0 = batches prepared in the training thread)")
+    p.add_argument("--loader-threads", type=loader_threads_flag, default="auto",
+                   help="loader threads of every configuration (0 = batches prepared in the "
+                        "training thread), or auto: for each configuration what `python -m "
+                        "scratchcnn.train --loader-threads auto` picks for its backend and "
+                        "thread count (PyTorch at n threads as the parallel backend at n)")
     p.add_argument("--augment", action="store_true",
                    help="random crop and horizontal flip in the loader")
     p.add_argument("--reference", choices=["torch"], default=None,
@@ -209,6 +224,19 @@ def scratch_run(backend: str, threads: int, seed: int, instrument: bool,
     return run
 
 
+def loader_threads_for(args, name: str) -> int:
+    """The loader threads configuration ``name`` trains with: ``--loader-threads``, or with
+    ``auto`` the training CLI's rule (``scratchcnn.threads.auto_loader_threads``: a loader
+    thread for each core the compute threads leave free); a PyTorch configuration at n
+    threads computes on n cores, as the parallel backend at n."""
+    if args.loader_threads != "auto":
+        return int(args.loader_threads)
+    from scratchcnn.threads import auto_loader_threads
+
+    backend, _, n = name.partition("@")
+    return auto_loader_threads("serial" if backend == "serial" else "parallel", int(n or 1))
+
+
 def make_runs(args, names: list[str]) -> list:
     """Fresh models for every configuration (same seed), in ``names`` order."""
     runs = []
@@ -219,7 +247,8 @@ def make_runs(args, names: list[str]) -> list:
 
             loader_args = {k: getattr(args, k) for k in (
                 "data_dir", "limit_train", "limit_test", "batch_size", "augment",
-                "loader_threads", "prefetch", "dataset")}
+                "prefetch", "dataset")}
+            loader_args["loader_threads"] = loader_threads_for(args, name)
             runs.append(TorchProcessRun(int(n), args.seed, loader_args))
         else:
             instrument = args.breakdown == "all" or args.breakdown == name
@@ -228,8 +257,10 @@ def make_runs(args, names: list[str]) -> list:
     return runs
 
 
-def run_schedule(args, names, train_loader, test_loader) -> dict:
-    """Train every configuration, interleaved; return raw per-(repeat, epoch) records."""
+def run_schedule(args, names, loaders: dict) -> dict:
+    """Train every configuration, interleaved; return raw per-(repeat, epoch) records.
+    ``loaders``: name -> (train loader, test loader) of that configuration (PyTorch's run
+    loaders of their own in their processes)."""
     from harness import breakdown
 
     raw = {n: {"epochs": [[] for _ in range(args.repeats)], "bit_equal": [],
@@ -242,6 +273,7 @@ def run_schedule(args, names, train_loader, test_loader) -> dict:
         for epoch in range(1, args.epochs + 1):
             for name in order:
                 run = runs[name]
+                train_loader, test_loader = loaders[name]
                 res = run.train_epoch(train_loader, epoch)
                 t0 = time.perf_counter()
                 test_loss, test_acc = run.evaluate(test_loader)
@@ -305,6 +337,7 @@ def summarize(args, names, raw, peak: dict, flops: dict, n_train: int) -> list[d
         row = {
             "name": name, "kind": "torch" if backend == "torch" else "scratchcnn",
             "backend": backend, "threads": threads,
+            "loader_threads": loader_threads_for(args, name),
             "epoch_seconds": t, "epoch_seconds_all": s,
             "images_per_second": {"min": n_train / t["max"], "median": n_train / t["median"],
                                   "max": n_train / t["min"]},
@@ -401,6 +434,15 @@ def _dataset_words(settings: dict) -> str:
     return f"{name} ({'x'.join(str(v) for v in settings.get('input_shape', []))}), "
 
 
+def _loader_words(settings: dict) -> str:
+    """The loader threads of the Data line: one count, or auto's count per configuration."""
+    n, per = settings["loader_threads"], settings.get("loader_threads_per_configuration")
+    if n != "auto" or not per:
+        return f"{n} loader thread(s)"
+    return ("loader threads as the training CLI's `--loader-threads auto` picks them ("
+            + ", ".join(f"{name} {t}" for name, t in per.items()) + ")")
+
+
 def markdown(report: dict) -> str:
     """compare.md: the tables, with the command line and machine line on top."""
     s, f = report["settings"], report["flops"]
@@ -412,7 +454,7 @@ def markdown(report: dict) -> str:
         f"Data: {_dataset_words(s)}{s['train_images']:,} training / "
         f"{s['test_images']:,} test images, "
         f"{s['epochs']} epoch(s) × {s['repeats']} repeat(s), batch {s['batch_size']}, Adam "
-        f"(lr 1e-3), seed {s['seed']}, {s['loader_threads']} loader thread(s), augment "
+        f"(lr 1e-3), seed {s['seed']}, {_loader_words(s)}, augment "
         f"{'on' if s['augment'] else 'off'}. Training FLOPs: "
         f"{f['per_image'] / 1e6:.2f} MFLOP per image, {f['full_epoch'] / 1e12:.3f} TFLOP per "
         f"{s.get('full_train_images', FULL_TRAIN_IMAGES):,}-image epoch. Times: median "
@@ -547,12 +589,16 @@ def main(argv: list[str] | None = None) -> int:
           f"MFLOP per training image ({flops['full_epoch'] / 1e12:.3f} TFLOP per full epoch); "
           f"configurations: {', '.join(names)}", flush=True)
 
-    with BatchLoader(train_x, train_y, args.batch_size, shuffle=True, seed=args.seed,
-                     augment=args.augment, threads=args.loader_threads,
-                     prefetch=args.prefetch) as train_loader, \
-         BatchLoader(test_x, test_y, EVAL_BATCH_SIZE, shuffle=False,
-                     threads=args.loader_threads, prefetch=args.prefetch) as test_loader:
-        raw = run_schedule(args, names, train_loader, test_loader)
+    per_config = {name: loader_threads_for(args, name) for name in names}
+    with contextlib.ExitStack() as stack:  # one loader pair per thread count (same batches)
+        pairs = {t: (stack.enter_context(BatchLoader(
+                         train_x, train_y, args.batch_size, shuffle=True, seed=args.seed,
+                         augment=args.augment, threads=t, prefetch=args.prefetch)),
+                     stack.enter_context(BatchLoader(
+                         test_x, test_y, EVAL_BATCH_SIZE, shuffle=False, threads=t,
+                         prefetch=args.prefetch)))
+                 for t in sorted(set(per_config.values()))}
+        raw = run_schedule(args, names, {n: pairs[t] for n, t in per_config.items()})
 
     configs = summarize(args, names, raw, peak, flops, len(train_y))
     report = {
@@ -565,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                      "epochs": args.epochs, "repeats": args.repeats,
                      "batch_size": args.batch_size, "default_batch_size": BATCH_SIZE,
                      "seed": args.seed, "loader_threads": args.loader_threads,
+                     "loader_threads_per_configuration": per_config,
                      "prefetch": args.prefetch, "augment": args.augment,
                      "threads": threads, "torch_threads": torch_threads,
                      "breakdown": args.breakdown,

@@ -214,9 +214,38 @@ class Configuration:
         for _ in range(10):  # compile, build the plans, warm the caches
             self._step()
         self.cases = ProductCases(self.model, _compile(backend == "parallel"), threads, SAMPLES)
-        for call in (*self.cases.calls.values(), *self.cases.glue.values()):
+        self.alone = self._alone_calls()
+        for call in (*self.cases.calls.values(), *self.cases.glue.values(),
+                     *self.alone.values()):
             call()  # compile
         self.rounds: list[dict] = []
+
+    def _alone_calls(self) -> dict:
+        """part -> callable: each layer's forward and backward by itself, on copies of
+        the input and output gradient a real step gave it (untimed: the originals under
+        the timers' wrappers). Called over and over, the part finds its data and code in
+        the caches, where inside a step the other parts have just evicted them."""
+        from functools import partial
+
+        from scratchcnn.fusion import ConvReLUPool
+
+        steps = self.model.steps
+        names = [s.conv.name if isinstance(s, ConvReLUPool) else s.name for s in steps]
+        h, inputs = self.x, []
+        for s in steps:
+            inputs.append(h.copy())
+            h = s.forward.__wrapped__(h)
+        self.loss.forward.__wrapped__(h, self.y)
+        d, grads = self.loss.backward.__wrapped__(), {}
+        for i in range(len(steps) - 1, -1, -1):
+            grads[i] = d.copy()
+            d = steps[i].backward.__wrapped__(d, need_input_grad=i > 0)
+        calls = {}
+        for i, (s, name) in enumerate(zip(steps, names)):
+            calls[f"{name} forward"] = partial(s.forward.__wrapped__, inputs[i])
+            calls[f"{name} backward"] = partial(s.backward.__wrapped__, grads[i],
+                                                need_input_grad=i > 0)
+        return calls
 
     def use(self) -> None:
         """Numba's thread count for this configuration (in this, the measuring, thread)."""
@@ -244,7 +273,9 @@ class Configuration:
         parts["other"] = max(total - sum(parts.values()), 0.0)
         products = {p: _median_call_ms(c, steps) for p, c in self.cases.calls.items()}
         pieces = {key: _median_call_ms(c, steps) for key, c in self.cases.glue.items()}
-        self.rounds.append({"step": parts, "products": products, "pieces": pieces})
+        alone = {p: _median_call_ms(c, steps) for p, c in self.alone.items()}  # fwd, then bwd
+        self.rounds.append({"step": parts, "products": products, "pieces": pieces,
+                            "alone": alone})
 
     def result(self) -> dict:
         """Medians over the rounds, as the report stores them."""
@@ -257,6 +288,7 @@ class Configuration:
                 "step_ms": {k: med(x["step"].get(k, 0.0) for x in r) for k in r[0]["step"]},
                 "products_ms": {k: med(x["products"][k] for x in r) for k in r[0]["products"]},
                 "glue_pieces_ms": pieces, "flops": self.cases.flops,
+                "alone_ms": {k: med(x["alone"][k] for x in r) for k in r[0]["alone"]},
                 "flops_done": self.cases.flops_done}
 
 
@@ -315,21 +347,43 @@ PIECES = ("patches", "pool", "scatter", "unpool", "gather", "fold", "sums")
 
 def pieces_table(config: dict) -> tuple[str, list[dict]]:
     """Markdown and rows: each convolution part's glue (step - products) and the pieces of
-    it timed alone; "rest" is the glue no piece accounts for (the bias row, the weights
-    copy, the data moving between pieces in a real step; negative when the pieces alone ran
-    slower than inside the kernel)."""
+    it timed alone; "rest" is the glue no piece accounts for, split in two with the part
+    itself timed alone (``alone_ms``, reports since it was measured): "in the step" =
+    step - part alone, what running among the other parts costs it (caches, prefetchers
+    and branch history the others left cold); "in the kernel" = the rest of the rest (the
+    bias row, the weights copy, the data moving between pieces; negative when the pieces
+    alone ran slower than inside the kernel)."""
     step, prod, pieces = config["step_ms"], config["products_ms"], config["glue_pieces_ms"]
+    alone = config.get("alone_ms")
     total = sum(step.values())
     rows, out = [], []
     for part in sorted(pieces, key=lambda p: -(step[p] - prod[p])):
         glue = step[part] - prod[part]
         rest = glue - sum(pieces[part].values())
-        out.append({"part": part, "glue_ms": glue, "pieces_ms": pieces[part], "rest_ms": rest})
+        row = {"part": part, "glue_ms": glue, "pieces_ms": pieces[part], "rest_ms": rest}
         cells = " | ".join(f"{pieces[part][k]:.3f}" if k in pieces[part] else "" for k in PIECES)
+        if alone:
+            row["rest_in_step_ms"] = step[part] - alone[part]
+            row["rest_in_kernel_ms"] = rest - row["rest_in_step_ms"]
+            cells += f" | {row['rest_in_kernel_ms']:.3f} | {row['rest_in_step_ms']:.3f}"
+        out.append(row)
         rows.append(f"| {part} | {glue:.3f} | {cells} | {rest:.3f} | {glue / total * 100:.1f}% |")
-    head = ("| part | glue ms | " + " | ".join(PIECES) + " | rest | glue, % of step |\n"
-            "|---|" + "---:|" * (len(PIECES) + 3))
+    split = ["rest: in the kernel", "rest: in the step"] if alone else []
+    head = ("| part | glue ms | " + " | ".join([*PIECES, *split]) + " | rest | glue, % of step |\n"
+            "|---|" + "---:|" * (len(PIECES) + len(split) + 3))
     return "\n".join([head, *rows]), out
+
+
+def in_step_cost(config: dict) -> dict | None:
+    """Every timed part by itself vs inside the step: ``alone_ms`` and ``step_ms`` summed
+    over the parts timed both ways, and the difference (None for reports from before the
+    parts were timed alone)."""
+    alone = config.get("alone_ms")
+    if not alone:
+        return None
+    a = sum(alone.values())
+    s = sum(config["step_ms"][p] for p in alone)
+    return {"alone_ms": a, "step_ms": s, "cost_ms": s - a, "cost_share": (s - a) / s}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -387,6 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         rows, totals = table(c, pk, args.target)
         c["totals"] = totals
         piece_rows, c["glue_by_piece"] = pieces_table(c)
+        c["in_step"] = cost = in_step_cost(c)
         md += [f"#### {c['name']} (peak {pk:.0f} GFLOP/s)\n", rows, "",
                f"The step runs at **{totals['step_peak_fraction'] * 100:.0f}%** of the peak; "
                f"its products alone at **{totals['products_peak_fraction'] * 100:.0f}%**. "
@@ -397,6 +452,13 @@ def main(argv: list[str] | None = None) -> None:
                f"{max(totals['glue_ms_at_target'], 0):.2f} ms "
                f"({(1 - max(totals['glue_ms_at_target'], 0) / totals['glue_ms']) * 100:.0f}% "
                f"less than now).\n",
+               (f"Each layer's forward and backward timed by itself (called over and over on "
+                f"one input, its data and code in the caches) takes {cost['alone_ms']:.2f} ms "
+                f"in all; inside the step the same parts take {cost['step_ms']:.2f} ms: "
+                f"running among the other parts costs them **{cost['cost_ms']:.2f} ms "
+                f"({cost['cost_share'] * 100:.0f}%)**, time no kernel change inside a part "
+                f"recovers (the other parts evict what it would find in the caches).\n"
+                if cost else ""),
                f"The convolutions' glue, piece by piece ({c['name']}; ms per step, each "
                "piece timed alone as `bench/glue_calls.py` describes):\n", piece_rows, ""]
     md.append("Step ms: the part's share of a full training step (per-part timers, as "

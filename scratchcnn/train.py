@@ -100,7 +100,7 @@ def _decode_threads(a: argparse.Namespace) -> int:
     return AUTO_LOADER_LIMIT if a.loader_threads_auto else a.loader_threads
 
 
-def _loader_threads(text: str) -> int | str:
+def loader_threads_flag(text: str) -> int | str:
     """``--loader-threads``: ``auto`` or an integer >= 0."""
     if text.strip().lower() == "auto":
         return "auto"
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder containing cifar-10-batches-py/, mnist/ or fashion-mnist/ "
                         "(downloaded there if missing), or your train/ and test/ folders; "
                         "default $SCRATCHCNN_DATA if set")
-    p.add_argument("--loader-threads", type=_loader_threads, default="auto",
+    p.add_argument("--loader-threads", type=loader_threads_flag, default="auto",
                    help="threads preparing batches; 0 = in the training thread; auto = one "
                         "per core the compute threads leave free, at most 2 (0 for the "
                         "parallel backend on every core, where a loader thread would take a "

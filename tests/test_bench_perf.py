@@ -177,6 +177,17 @@ def test_products_table_arithmetic():
     assert rows == [{"part": "conv1 forward", "glue_ms": pytest.approx(1.0),
                      "pieces_ms": {"patches": 0.25, "pool": 0.5}, "rest_ms": pytest.approx(0.25)}]
     assert "| conv1 forward | 1.000 | 0.250 | 0.500 |  |  |  |  |  | 0.250 | 25.0% |" in md
+    assert products.in_step_cost(config) is None  # a report from before alone_ms
+    # the part by itself took 2.9 ms of its 3 ms in the step: 0.1 ms of the 0.25 ms rest is
+    # the cost of running in the step, 0.15 ms stays unexplained inside the kernel
+    config["alone_ms"] = {"conv1 forward": 2.9, "optimizer": 0.5}
+    md, rows = products.pieces_table(config)
+    assert rows[0]["rest_in_step_ms"] == pytest.approx(0.1)
+    assert rows[0]["rest_in_kernel_ms"] == pytest.approx(0.15)
+    assert "| 0.150 | 0.100 | 0.250 | 25.0% |" in md and "rest: in the step" in md
+    cost = products.in_step_cost(config)
+    assert cost == {"alone_ms": pytest.approx(3.4), "step_ms": pytest.approx(4.0),
+                    "cost_ms": pytest.approx(0.6), "cost_share": pytest.approx(0.15)}
 
 
 def test_products_run_covers_every_product(tmp_path):
@@ -210,6 +221,9 @@ def test_products_run_covers_every_product(tmp_path):
                           "conv3 forward": {"patches", "scatter"},
                           "conv3 backward": {"gather", "fold", "sums"}}
         assert all(v > 0 for d in c["glue_pieces_ms"].values() for v in d.values())
+        assert set(c["alone_ms"]) >= want and all(v > 0 for v in c["alone_ms"].values())
+        assert c["in_step"]["step_ms"] == pytest.approx(
+            sum(c["step_ms"][p] for p in c["alone_ms"]))
         t = c["totals"]
         assert t["glue_ms"] == pytest.approx(t["step_ms"] - t["products_ms"])
         assert t["step_ms"] == pytest.approx(sum(c["step_ms"].values()))

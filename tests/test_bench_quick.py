@@ -70,6 +70,31 @@ def test_flop_count_matches_the_hand_count():
     assert f["per_layer"]["conv2"]["backward"] == 2 * f["per_layer"]["conv2"]["forward"]
 
 
+def test_compare_loader_threads_follow_the_training_cli(capsys):
+    """--loader-threads auto (the default): each configuration gets the training CLI's
+    auto rule for its backend and thread count, PyTorch at n threads the parallel
+    backend's at n; a number gives every configuration that many; junk is refused."""
+    from scratchcnn.threads import auto_loader_threads
+
+    compare = load_file_as("bench_compare", BENCH / "compare.py")
+    args = compare.build_parser().parse_args([])
+    assert args.loader_threads == "auto"
+    expected = {"serial": auto_loader_threads("serial", 1),
+                "parallel@1": auto_loader_threads("parallel", 1),
+                "parallel@2": auto_loader_threads("parallel", 2),
+                "torch@1": auto_loader_threads("parallel", 1),
+                "torch@2": auto_loader_threads("parallel", 2)}
+    assert {n: compare.loader_threads_for(args, n) for n in expected} == expected
+    if (os.cpu_count() or 1) == 2:  # this project's machines: the rule's two answers
+        assert expected == {"serial": 1, "parallel@1": 1, "parallel@2": 0, "torch@1": 1,
+                            "torch@2": 0}
+    fixed = compare.build_parser().parse_args(["--loader-threads", "3"])
+    assert {compare.loader_threads_for(fixed, n) for n in expected} == {3}
+    with pytest.raises(SystemExit):
+        compare.build_parser().parse_args(["--loader-threads", "many"])
+    assert "expected auto or an integer >= 0" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
     if not HAVE_DATA:
@@ -106,6 +131,10 @@ def test_compare_json(compare_run):
         assert sum(parts.values()) == pytest.approx(c["epoch_seconds"]["median"], rel=0.05)
     assert configs["serial"]["speedup"] == 1.0
     assert r["versus_torch"] == []
+    # the default --loader-threads auto, recorded per configuration
+    per = r["settings"]["loader_threads_per_configuration"]
+    assert r["settings"]["loader_threads"] == "auto" and set(per) == set(configs)
+    assert all(c["loader_threads"] == per[n] for n, c in configs.items())
 
 
 @needs_data
@@ -116,6 +145,8 @@ def test_compare_outputs(compare_run):
     md = (out / "compare.md").read_text()
     assert r["command"] in md and r["machine"]["cpu_model"] in md
     assert "| parallel@2 |" in md
+    per = r["settings"]["loader_threads_per_configuration"]
+    assert f"--loader-threads auto` picks them (serial {per['serial']}, " in md
 
 
 @needs_data
