@@ -13,9 +13,11 @@ Recipes (the same for both libraries, on the same batches in the same order):
 
 Ours runs as ``python -m scratchcnn.train`` does by default (parallel backend, the
 CLI's default thread count and its thread governor: ``configure_threads`` and
-``adapt_threads``); PyTorch runs the network of bench/torch_ref.py at
-``--torch-threads`` intra-op threads in a child process of its own (two OpenMP
-runtimes in one process slow each other down). Both start from the same weights
+``adapt_threads``; its loader threads: ``--loader-threads``, by default ``auto``, the
+CLI's rule, which on 2 cores starts none for 2 compute threads); PyTorch runs the
+network of bench/torch_ref.py at ``--torch-threads`` intra-op threads in a child
+process of its own (two OpenMP runtimes in one process slow each other down), its
+loader under the same rule for its thread count. Both start from the same weights
 and read the same ``BatchLoader`` batches (same seed). Epochs alternate: ours
 epoch e, then torch epoch e, so that machine noise hits both alike. After every
 epoch the full test set (``--limit-test``) is evaluated; a library stops when it
@@ -56,7 +58,7 @@ LR = 1e-3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scratchcnn.train import int_at_least
+    from scratchcnn.train import int_at_least, loader_threads_flag
 
     pos = int_at_least(1)
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augment recipe: the cosine schedule's length (and the limit)")
     p.add_argument("--torch-threads", type=pos, default=os.cpu_count() or 1)
     p.add_argument("--no-torch", action="store_true", help="ours only")
+    p.add_argument("--loader-threads", type=loader_threads_flag, default="auto",
+                   help="loader threads of both libraries, or auto: the training CLI's "
+                        "--loader-threads auto rule for each one's thread count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-plain", type=float, default=RECIPES["plain"]["target"])
     p.add_argument("--target-augment", type=float, default=RECIPES["augment"]["target"])
@@ -95,9 +100,10 @@ def _torch_child(conn, threads: int, seed: int, a: dict) -> None:
 
         train_x, train_y, test_x, test_y = load_data(a["data_dir"], a["limit_train"],
                                                      a["limit_test"])
+        lt = a["loader_threads"]
         train = BatchLoader(train_x, train_y, 32, shuffle=True, seed=seed,
-                            augment=a["augment"], threads=2, prefetch=4)
-        test = BatchLoader(test_x, test_y, EVAL_BATCH_SIZE, shuffle=False, threads=2,
+                            augment=a["augment"], threads=lt, prefetch=4)
+        test = BatchLoader(test_x, test_y, EVAL_BATCH_SIZE, shuffle=False, threads=lt,
                            prefetch=4)
         t0 = time.perf_counter()
         warm_up_loader()
@@ -161,17 +167,29 @@ class TorchSide:
             self._proc.join(30)
 
 
+def loader_threads_for(flag: int | str, threads: int) -> int:
+    """``--loader-threads`` for a library computing on ``threads`` threads: the number, or
+    with ``auto`` the training CLI's rule (a loader thread per core the compute threads
+    leave free, ``scratchcnn.threads.auto_loader_threads``)."""
+    if flag != "auto":
+        return int(flag)
+    from scratchcnn.threads import auto_loader_threads
+
+    return auto_loader_threads("parallel", threads)
+
+
 class OursSide:
-    def __init__(self, threads: int, seed: int, data, augment: bool) -> None:
+    def __init__(self, threads: int, seed: int, data, augment: bool,
+                 loader_threads: int) -> None:
         from harness import EVAL_BATCH_SIZE, ScratchRun, warm_up_backend, warm_up_loader
 
         from scratchcnn.data.loader import BatchLoader
 
         train_x, train_y, test_x, test_y = data
         self.train = BatchLoader(train_x, train_y, 32, shuffle=True, seed=seed, augment=augment,
-                                 threads=2, prefetch=4)
-        self.test = BatchLoader(test_x, test_y, EVAL_BATCH_SIZE, shuffle=False, threads=2,
-                                prefetch=4)
+                                 threads=loader_threads, prefetch=4)
+        self.test = BatchLoader(test_x, test_y, EVAL_BATCH_SIZE, shuffle=False,
+                                threads=loader_threads, prefetch=4)
         t0 = time.perf_counter()
         warm_up_loader()
         warm_up_backend("parallel")
@@ -200,10 +218,13 @@ def run_recipe(args, name: str, threads: int, data) -> dict:
     r = RECIPES[name]
     target = args.target_plain if name == "plain" else args.target_augment
     epochs = args.max_epochs if name == "plain" else args.augment_epochs
-    sides = [OursSide(threads, args.seed, data, r["augment"])]
+    sides = [OursSide(threads, args.seed, data, r["augment"],
+                      loader_threads_for(args.loader_threads, threads))]
     if not args.no_torch:
         loader_args = {"data_dir": args.data_dir, "limit_train": args.limit_train,
-                       "limit_test": args.limit_test, "augment": r["augment"]}
+                       "limit_test": args.limit_test, "augment": r["augment"],
+                       "loader_threads": loader_threads_for(args.loader_threads,
+                                                            args.torch_threads)}
         sides.append(TorchSide(args.torch_threads, args.seed, loader_args))
     curves = {s.name: {"warm_up_seconds": s.warm_up_seconds, "epochs": [],
                        "reached_at_epoch": None, "seconds_to_target": None} for s in sides}
@@ -236,14 +257,23 @@ def run_recipe(args, name: str, threads: int, data) -> dict:
             "curves": curves}
 
 
+def _loader_words(rep: dict, side: str) -> str:
+    """", N loader thread(s) (auto)" for one library; "" in reports from before the flag."""
+    n = rep.get(f"loader_threads_{side}")
+    if n is None:
+        return ""
+    return f", {n} loader thread(s){' (auto)' if rep['loader_threads'] == 'auto' else ''}"
+
+
 def render(rep: dict) -> str:
     lines = ["# Time to accuracy", "", f"Command: `{rep['command']}`  ",
              f"Started {rep['started']} on {rep['cpu_model']} ({rep['cpu_count']} logical "
              f"cores); load average at start {rep['loadavg_start'][0]:.2f}, at end "
              f"{rep['loadavg_end'][0]:.2f}. {rep['train_images']} training / "
              f"{rep['test_images']} test images; ours: parallel backend with the CLI's "
-             f"defaults ({rep['threads']} threads, governor on); torch at "
-             f"{rep['torch_threads']} threads.", "",
+             f"defaults ({rep['threads']} threads, governor on"
+             f"{_loader_words(rep, 'ours')}); torch at {rep['torch_threads']} threads"
+             f"{_loader_words(rep, 'torch')}.", "",
              "| recipe | target | library | reached at epoch | training s to target | "
              "warm-up s | best test acc | epochs run |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for res in rep["results"]:
@@ -304,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
            "started": datetime.now().isoformat(timespec="seconds"), "cpu_model": cpu_model(),
            "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(), "threads": threads,
            "torch_threads": None if args.no_torch else args.torch_threads,
+           "loader_threads": args.loader_threads,
+           "loader_threads_ours": loader_threads_for(args.loader_threads, threads),
+           "loader_threads_torch": (None if args.no_torch else
+                                    loader_threads_for(args.loader_threads, args.torch_threads)),
            "train_images": len(data[1]), "test_images": len(data[3]), "results": []}
     for name in args.recipes:
         print(f"{name} ...", file=sys.stderr, flush=True)

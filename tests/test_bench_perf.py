@@ -70,6 +70,17 @@ def test_tta_report(tmp_path):
                                                                   seconds_to_target=10.0)}}]}
     md = tta.render(rep)
     assert "ours / torch" in md and "| 2.00 |" in md
+    assert "loader thread" not in md  # a report from before --loader-threads
+    rep.update(loader_threads="auto", loader_threads_ours=0, loader_threads_torch=0)
+    assert "governor on, 0 loader thread(s) (auto)); torch at 2 threads, 0 loader thread(s) " \
+           "(auto)." in tta.render(rep)
+    # auto is the training CLI's rule at each library's thread count; a number is used as is
+    from scratchcnn.threads import auto_loader_threads
+
+    assert tta.loader_threads_for("auto", 2) == auto_loader_threads("parallel", 2)
+    assert tta.loader_threads_for("auto", 1) == auto_loader_threads("parallel", 1)
+    assert tta.loader_threads_for(3, 2) == 3
+    assert tta.build_parser().parse_args([]).loader_threads == "auto"
     tta.plot(rep, tmp_path / "tta.png")
     assert (tmp_path / "tta.png").read_bytes()[:4] == b"\x89PNG"
 
