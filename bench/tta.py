@@ -7,6 +7,8 @@
 Recipes (the same for both libraries, on the same batches in the same order):
 
 * ``plain``: no augmentation, Adam lr 1e-3 constant, batch 32; target 70%.
+* ``plain-cosine``: ``plain`` with the cosine schedule over ``--cosine-epochs`` epochs
+  (not run by default: ``--recipes plain-cosine``); target 70%.
 * ``augment``: random crop (4-pixel padding) + horizontal flip, Adam lr 1e-3 with a
   cosine schedule over ``--augment-epochs`` epochs (the CLI's ``--lr-schedule cosine``:
   epoch e of E uses lr * (1 + cos(pi (e-1) / E)) / 2), batch 32; target 75%.
@@ -21,8 +23,8 @@ loader under the same rule for its thread count. Both start from the same weight
 and read the same ``BatchLoader`` batches (same seed). Epochs alternate: ours
 epoch e, then torch epoch e, so that machine noise hits both alike. After every
 epoch the full test set (``--limit-test``) is evaluated; a library stops when it
-has reached the target or after ``--max-epochs`` (``--augment-epochs`` for the
-augment recipe, whose schedule ends there).
+has reached the target or after ``--max-epochs`` (``--augment-epochs`` and
+``--cosine-epochs`` for the cosine recipes, whose schedules end there).
 
 Wall time to target = the training time of every epoch up to and including the
 one that reached it (evaluation excluded, reported separately, as
@@ -52,6 +54,7 @@ PROG = "python bench/tta.py"
 DEFAULT_OUT = HERE / "results" / "tta"  # gitignored
 RECIPES = {
     "plain": {"augment": False, "schedule": "constant", "target": 0.70},
+    "plain-cosine": {"augment": False, "schedule": "cosine", "target": 0.70},
     "augment": {"augment": True, "schedule": "cosine", "target": 0.75},
 }
 LR = 1e-3
@@ -63,13 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     pos = int_at_least(1)
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["plain", "augment"])
     p.add_argument("--data-dir", default=os.environ.get("SCRATCHCNN_DATA", "./data"))
     p.add_argument("--limit-train", type=pos, default=None)
     p.add_argument("--limit-test", type=pos, default=None)
     p.add_argument("--max-epochs", type=pos, default=20, help="plain recipe: give up after")
     p.add_argument("--augment-epochs", type=pos, default=40,
                    help="augment recipe: the cosine schedule's length (and the limit)")
+    p.add_argument("--cosine-epochs", type=pos, default=15,
+                   help="plain-cosine recipe: the cosine schedule's length (and the limit)")
     p.add_argument("--torch-threads", type=pos, default=os.cpu_count() or 1)
     p.add_argument("--no-torch", action="store_true", help="ours only")
     p.add_argument("--loader-threads", type=loader_threads_flag, default="auto",
@@ -216,8 +221,9 @@ def run_recipe(args, name: str, threads: int, data) -> dict:
     from scratchcnn.train import lr_for_epoch
 
     r = RECIPES[name]
-    target = args.target_plain if name == "plain" else args.target_augment
-    epochs = args.max_epochs if name == "plain" else args.augment_epochs
+    target = args.target_augment if name == "augment" else args.target_plain
+    epochs = {"plain": args.max_epochs, "plain-cosine": args.cosine_epochs,
+              "augment": args.augment_epochs}[name]
     sides = [OursSide(threads, args.seed, data, r["augment"],
                       loader_threads_for(args.loader_threads, threads))]
     if not args.no_torch:
@@ -318,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.limit_train, args.limit_test = args.limit_train or 2000, args.limit_test or 500
-        args.max_epochs = args.augment_epochs = 2
+        args.max_epochs = args.augment_epochs = args.cosine_epochs = 2
         args.target_plain = args.target_augment = 0.20
     from scratchcnn.threads import adapt_threads, configure_threads, default_threads
 
