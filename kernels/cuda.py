@@ -59,6 +59,63 @@ def _blocks(n: int, tpb: int = TPB) -> int:
     return (n + tpb - 1) // tpb
 
 
+def _lock_simulator_shared_arrays() -> bool:
+    """Under the CUDA simulator: make ``cuda.shared.array`` allocate under a lock.
+
+    The simulator runs each GPU thread as a Python thread, and its shared-array
+    allocation is a check-then-act on a dict (numba-cuda 0.30.4,
+    ``simulator/kernelapi.py``, ``FakeCUDAShared.array``): look the array up,
+    and if it is missing create and store it. A thread preempted between the two
+    leaves the next thread to create a second array; the two threads then write
+    into different "shared" arrays, and a block reduction returns only part of
+    its sum. Seen once in CI as one weight gradient of exactly 0.0: block 0 of
+    ``_conv_dw_k`` summed only thread 0's own partial, which was 0 there
+    (tests/cuda/test_cuda_sim.py reproduces it with the window widened). A GPU
+    has no such race; this only makes the simulator match it. Returns whether it
+    patched (False on a GPU, or if the simulator's internals have moved)."""
+    if not config.ENABLE_CUDASIM:
+        return False
+    import threading
+
+    try:
+        from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    except ImportError:  # pragma: no cover - another numba-cuda layout
+        return False
+    unlocked = FakeCUDAShared.array
+    if getattr(unlocked, "_scratchcnn_locked", False):
+        return True
+    import sys
+    import traceback
+
+    from numba.core import types
+    from numba.np import numpy_support
+
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        """The simulator's own ``array``, its lookup and store under one lock. Not a
+        wrapper: the simulator keys each array by its caller's file and line, two
+        frames up, which a wrapper would shift onto itself for every array."""
+        if alignment is not None or shape == 0:  # errors and dynamic shared memory
+            return unlocked(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = traceback.extract_stack(sys._getframe())[-2][0:2]
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    array._scratchcnn_locked = True  # type: ignore[attr-defined]
+    array._scratchcnn_unlocked = unlocked  # type: ignore[attr-defined]  (tests/cuda)
+    FakeCUDAShared.array = array
+    return True
+
+
+_lock_simulator_shared_arrays()
+
+
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------

@@ -293,6 +293,49 @@ def test_training_steps_match_serial(opt_name, steps):
             close(g[name], w[name], tol=1e-5)
 
 
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
+                    reason="the CUDA simulator's shared arrays (a GPU has no such race)")
+def test_simulator_threads_of_a_block_share_one_shared_array(cu):
+    """Under the simulator every GPU thread is a Python thread, and the simulator's
+    ``cuda.shared.array`` looks an array up and stores a new one in two steps: threads
+    preempted in between got different arrays, and a block reduction then summed only
+    part of its values (once in CI: a conv weight gradient of exactly 0.0).
+    kernels/cuda.py puts the two steps under a lock. 16 threads released together by
+    a barrier, with a short GIL switch interval, over many rounds: the simulator's own
+    method hands out more than one array (so this test can fail), the locked one never."""
+    import threading
+
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    def most_arrays_in_a_round(array_fn, threads: int = 16, rounds: int = 200) -> int:
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        most = 1
+        try:
+            for _ in range(rounds):
+                shared, got = FakeCUDAShared(0), [None] * threads
+                start = threading.Barrier(threads)
+
+                def body(i, shared=shared, got=got, start=start):
+                    start.wait()
+                    got[i] = array_fn(shared, 8, np.float32)
+
+                ts = [threading.Thread(target=body, args=(i,)) for i in range(threads)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+                most = max(most, len({id(a) for a in got}))
+        finally:
+            sys.setswitchinterval(interval)
+        return most
+
+    locked = FakeCUDAShared.array
+    assert getattr(locked, "_scratchcnn_locked", False), "kernels/cuda.py did not patch"
+    assert most_arrays_in_a_round(locked._scratchcnn_unlocked) > 1
+    assert most_arrays_in_a_round(locked) == 1
+
+
 def test_layers_check_device_arrays(cu):
     conv = sc.Conv2D(2, 3, 3, backend="cuda")
     with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
