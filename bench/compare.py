@@ -224,13 +224,14 @@ def scratch_run(backend: str, threads: int, seed: int, instrument: bool,
     return run
 
 
-def loader_threads_for(args, name: str) -> int:
-    """The loader threads configuration ``name`` trains with: ``--loader-threads``, or with
-    ``auto`` the training CLI's rule (``scratchcnn.threads.auto_loader_threads``: a loader
-    thread for each core the compute threads leave free); a PyTorch configuration at n
-    threads computes on n cores, as the parallel backend at n."""
-    if args.loader_threads != "auto":
-        return int(args.loader_threads)
+def loader_threads_for(flag: int | str, name: str) -> int:
+    """The loader threads configuration ``name`` ("serial", "parallel@n", "torch@n") trains
+    with under ``--loader-threads`` ``flag``: the number, or with ``auto`` the training
+    CLI's rule (``scratchcnn.threads.auto_loader_threads``: a loader thread for each core
+    the compute threads leave free); a PyTorch configuration at n threads computes on n
+    cores, as the parallel backend at n. (bench/tta.py uses it too.)"""
+    if flag != "auto":
+        return int(flag)
     from scratchcnn.threads import auto_loader_threads
 
     backend, _, n = name.partition("@")
@@ -248,7 +249,7 @@ def make_runs(args, names: list[str]) -> list:
             loader_args = {k: getattr(args, k) for k in (
                 "data_dir", "limit_train", "limit_test", "batch_size", "augment",
                 "prefetch", "dataset")}
-            loader_args["loader_threads"] = loader_threads_for(args, name)
+            loader_args["loader_threads"] = loader_threads_for(args.loader_threads, name)
             runs.append(TorchProcessRun(int(n), args.seed, loader_args))
         else:
             instrument = args.breakdown == "all" or args.breakdown == name
@@ -337,7 +338,7 @@ def summarize(args, names, raw, peak: dict, flops: dict, n_train: int) -> list[d
         row = {
             "name": name, "kind": "torch" if backend == "torch" else "scratchcnn",
             "backend": backend, "threads": threads,
-            "loader_threads": loader_threads_for(args, name),
+            "loader_threads": loader_threads_for(args.loader_threads, name),
             "epoch_seconds": t, "epoch_seconds_all": s,
             "images_per_second": {"min": n_train / t["max"], "median": n_train / t["median"],
                                   "max": n_train / t["min"]},
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
           f"MFLOP per training image ({flops['full_epoch'] / 1e12:.3f} TFLOP per full epoch); "
           f"configurations: {', '.join(names)}", flush=True)
 
-    per_config = {name: loader_threads_for(args, name) for name in names}
+    per_config = {name: loader_threads_for(args.loader_threads, name) for name in names}
     with contextlib.ExitStack() as stack:  # one loader pair per thread count (same batches)
         pairs = {t: (stack.enter_context(BatchLoader(
                          train_x, train_y, args.batch_size, shuffle=True, seed=args.seed,

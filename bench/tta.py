@@ -172,17 +172,6 @@ class TorchSide:
             self._proc.join(30)
 
 
-def loader_threads_for(flag: int | str, threads: int) -> int:
-    """``--loader-threads`` for a library computing on ``threads`` threads: the number, or
-    with ``auto`` the training CLI's rule (a loader thread per core the compute threads
-    leave free, ``scratchcnn.threads.auto_loader_threads``)."""
-    if flag != "auto":
-        return int(flag)
-    from scratchcnn.threads import auto_loader_threads
-
-    return auto_loader_threads("parallel", threads)
-
-
 class OursSide:
     def __init__(self, threads: int, seed: int, data, augment: bool,
                  loader_threads: int) -> None:
@@ -218,6 +207,8 @@ class OursSide:
 
 
 def run_recipe(args, name: str, threads: int, data) -> dict:
+    from compare import loader_threads_for
+
     from scratchcnn.train import lr_for_epoch
 
     r = RECIPES[name]
@@ -225,12 +216,12 @@ def run_recipe(args, name: str, threads: int, data) -> dict:
     epochs = {"plain": args.max_epochs, "plain-cosine": args.cosine_epochs,
               "augment": args.augment_epochs}[name]
     sides = [OursSide(threads, args.seed, data, r["augment"],
-                      loader_threads_for(args.loader_threads, threads))]
+                      loader_threads_for(args.loader_threads, f"parallel@{threads}"))]
     if not args.no_torch:
         loader_args = {"data_dir": args.data_dir, "limit_train": args.limit_train,
                        "limit_test": args.limit_test, "augment": r["augment"],
-                       "loader_threads": loader_threads_for(args.loader_threads,
-                                                            args.torch_threads)}
+                       "loader_threads": loader_threads_for(
+                           args.loader_threads, f"torch@{args.torch_threads}")}
         sides.append(TorchSide(args.torch_threads, args.seed, loader_args))
     curves = {s.name: {"warm_up_seconds": s.warm_up_seconds, "epochs": [],
                        "reached_at_epoch": None, "seconds_to_target": None} for s in sides}
@@ -331,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = default_threads()
     configure_threads(threads)
     adapt_threads(threads, "parallel")  # as python -m scratchcnn.train's main()
-    from compare import load_data
+    from compare import load_data, loader_threads_for
 
     from scratchcnn.runinfo import cpu_model
 
@@ -341,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
            "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(), "threads": threads,
            "torch_threads": None if args.no_torch else args.torch_threads,
            "loader_threads": args.loader_threads,
-           "loader_threads_ours": loader_threads_for(args.loader_threads, threads),
-           "loader_threads_torch": (None if args.no_torch else
-                                    loader_threads_for(args.loader_threads, args.torch_threads)),
+           "loader_threads_ours": loader_threads_for(args.loader_threads,
+                                                     f"parallel@{threads}"),
+           "loader_threads_torch": (None if args.no_torch else loader_threads_for(
+               args.loader_threads, f"torch@{args.torch_threads}")),
            "train_images": len(data[1]), "test_images": len(data[3]), "results": []}
     for name in args.recipes:
         print(f"{name} ...", file=sys.stderr, flush=True)

@@ -70,7 +70,7 @@ def _lock_simulator_shared_arrays() -> bool:
     into different "shared" arrays, and a block reduction returns only part of
     its sum. Seen once in CI as one weight gradient of exactly 0.0: block 0 of
     ``_conv_dw_k`` summed only thread 0's own partial, which was 0 there
-    (tests/cuda/test_cuda_sim.py reproduces it with the window widened). A GPU
+    (tests/cuda/test_cuda_sim.py releases many threads at once to show the race). A GPU
     has no such race; this only makes the simulator match it. Returns whether it
     patched (False on a GPU, or if the simulator's internals have moved)."""
     if not config.ENABLE_CUDASIM:

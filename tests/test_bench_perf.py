@@ -75,11 +75,13 @@ def test_tta_report(tmp_path):
     assert "governor on, 0 loader thread(s) (auto)); torch at 2 threads, 0 loader thread(s) " \
            "(auto)." in tta.render(rep)
     # auto is the training CLI's rule at each library's thread count; a number is used as is
+    from compare import loader_threads_for  # tta's rule for both libraries
+
     from scratchcnn.threads import auto_loader_threads
 
-    assert tta.loader_threads_for("auto", 2) == auto_loader_threads("parallel", 2)
-    assert tta.loader_threads_for("auto", 1) == auto_loader_threads("parallel", 1)
-    assert tta.loader_threads_for(3, 2) == 3
+    assert loader_threads_for("auto", "parallel@2") == auto_loader_threads("parallel", 2)
+    assert loader_threads_for("auto", "torch@1") == auto_loader_threads("parallel", 1)
+    assert loader_threads_for(3, "torch@2") == 3
     assert tta.build_parser().parse_args([]).loader_threads == "auto"
     tta.plot(rep, tmp_path / "tta.png")
     assert (tmp_path / "tta.png").read_bytes()[:4] == b"\x89PNG"

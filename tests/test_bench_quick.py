@@ -84,12 +84,12 @@ def test_compare_loader_threads_follow_the_training_cli(capsys):
                 "parallel@2": auto_loader_threads("parallel", 2),
                 "torch@1": auto_loader_threads("parallel", 1),
                 "torch@2": auto_loader_threads("parallel", 2)}
-    assert {n: compare.loader_threads_for(args, n) for n in expected} == expected
+    assert {n: compare.loader_threads_for(args.loader_threads, n) for n in expected} == expected
     if (os.cpu_count() or 1) == 2:  # this project's machines: the rule's two answers
         assert expected == {"serial": 1, "parallel@1": 1, "parallel@2": 0, "torch@1": 1,
                             "torch@2": 0}
     fixed = compare.build_parser().parse_args(["--loader-threads", "3"])
-    assert {compare.loader_threads_for(fixed, n) for n in expected} == {3}
+    assert {compare.loader_threads_for(fixed.loader_threads, n) for n in expected} == {3}
     with pytest.raises(SystemExit):
         compare.build_parser().parse_args(["--loader-threads", "many"])
     assert "expected auto or an integer >= 0" in capsys.readouterr().err
